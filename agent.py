@@ -254,6 +254,7 @@ class RolloutConfig:
     timeout_s: float = 10.0  # per code step
     max_output_chars: int = 400  # observation budget shown to the model
     tool_threads: int = 4  # sandboxes run in parallel threads (each is its own process)
+    reuse_kv: bool = True  # keep each episode's KV cache between turns (memory for speed; student.sample)
 
 
 @dataclass
@@ -376,8 +377,10 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
                 indexes_next = [len(e.trajectory.steps) + 1 for e in ready]
                 stops = [[PLAN_STOP] if i == 1 else [ACTION_STOP] for i in indexes_next]
                 seeds = [derive_seed(e.start.seed, "turn", i) for e, i in zip(ready, indexes_next)]
+                keys = [f"{id(e)}" for e in ready] if config.reuse_kv else None
                 began = time.perf_counter()
-                samples = student.sample(prompts, stops, config.max_new_tokens, config.temperature, config.top_p, seeds)
+                samples = student.sample(prompts, stops, config.max_new_tokens, config.temperature, config.top_p,
+                                         seeds, keys=keys)
                 gen_s = time.perf_counter() - began
                 # 3. Parse each turn and run its code, sandboxes in parallel.
                 steps = [make_student_step(i, s) for i, s in zip(indexes_next, samples)]
@@ -395,6 +398,8 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
         finally:
             for e in episodes:
                 e.sandbox.close()
+                if hasattr(student, "forget"):
+                    student.forget(f"{id(e)}")
     return [e.trajectory for e in episodes]
 
 

@@ -39,7 +39,7 @@ class Config:
                                      "hotpotqa, 2wiki, musique, bamboogle) or paths to .jsonl files")
     n: int = arg(20, "training tasks for training phases; test tasks per task set for eval")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
-    preset: str = arg("auto", "budget preset: auto (cpu for small students, gpu otherwise), cpu, gpu")
+    preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu")
     # agent budgets (None = from the preset)
     max_steps: int | None = arg(None, "steps per episode, the plan included (paper: 8)")
     max_new_tokens: int | None = arg(None, "new tokens per assistant turn")
@@ -65,7 +65,7 @@ OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label
 # DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
     "cpu": dict(max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
-                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16),
+                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=32),
     "gpu": dict(max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
                 eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32),
 }
@@ -75,8 +75,10 @@ SMALL_STUDENTS = {"smol-135m"}
 def resolve(config: Config) -> Config:
     """Fill the fields left at None from the preset."""
     preset = config.preset
-    if preset == "auto":
-        preset = "cpu" if config.student in SMALL_STUDENTS else "gpu"
+    if preset == "auto":  # the GPU budgets only where a GPU is and the student is not a small one
+        import torch
+        on_gpu = config.device != "cpu" and torch.cuda.is_available()
+        preset = "gpu" if on_gpu and config.student not in SMALL_STUDENTS else "cpu"
     if preset not in PRESETS:
         raise SystemExit(f"error: unknown --preset {config.preset!r}: use auto, {', '.join(PRESETS)}")
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}

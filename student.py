@@ -202,36 +202,68 @@ class Student:
                 eos.add(tid)
         self.eos_ids = {int(i) for i in eos if i is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._kept: dict[str, _Kept] = {}  # episode key -> keys/values kept between turns (see sample)
 
     # -- sampling ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Sequence[int]], stops: Sequence[Sequence[str]], max_new_tokens: int,
-               temperature: float, top_p: float, seeds: Sequence[int]) -> list[Sample]:
+               temperature: float, top_p: float, seeds: Sequence[int],
+               keys: Sequence[str | None] | None = None) -> list[Sample]:
         """Sample one turn for each prompt, all rows together, token by token with a KV cache.
 
         Rows are left-padded; position ids count only real tokens, so a padded row sees exactly the
         positions it would see alone. Each row has its own random generator seeded from `seeds`,
         so what a row samples does not depend on which other rows share its batch (up to float
         rounding of batched matmuls). Finished rows leave the batch (their cache rows are dropped).
+
+        `keys` (one per row, e.g. an episode id) turn on reuse across turns: the keys/values of a
+        row's tokens are kept when its turn ends, and the next call with the same key only runs the
+        part of its prompt that is new (the observation and the template glue). An agent's prompt
+        grows every turn, so without this every turn would re-read the whole conversation.
+        Call `forget(key)` when the episode ends.
         """
+        from transformers import DynamicCache
         model, device = self.model, self.device
         model.eval()
         num_rows = len(prompts)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((num_rows, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((num_rows, width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):  # left padding: real tokens end at the right edge
-            input_ids[i, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            attention[i, width - len(prompt):] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T) 0-based positions of real tokens
-        input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
+        keys = list(keys) if keys is not None else [None] * num_rows
+        # How much of each prompt is already in a kept cache (at least one new token must run,
+        # because its logits sample the first token).
+        kept = [self._kept.get(k) if k is not None else None for k in keys]
+        reused = [min(_common_prefix(c.ids, p), len(p) - 1) if c is not None else 0 for c, p in zip(kept, prompts)]
+        past_width = max(reused)
+        new_width = max(len(p) - r for p, r in zip(prompts, reused))
+        # Layout of row i:  [pad | reused_i cached tokens][pad | new_i prompt tokens] then sampled tokens.
+        input_ids = torch.full((num_rows, new_width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((num_rows, new_width), dtype=torch.long)
+        past_mask = torch.zeros((num_rows, past_width), dtype=torch.long)
+        positions = torch.zeros((num_rows, new_width), dtype=torch.long)
+        for i, (prompt, r) in enumerate(zip(prompts, reused)):
+            new = list(prompt[r:])
+            input_ids[i, new_width - len(new):] = torch.tensor(new, dtype=torch.long)
+            new_mask[i, new_width - len(new):] = 1
+            past_mask[i, past_width - r:] = 1
+            positions[i, new_width - len(new):] = torch.arange(r, r + len(new))  # real positions continue the past
+        cache = DynamicCache()
+        if past_width > 0:  # rebuild the reused keys/values as one right-aligned, left-padded batch
+            num_layers = len(next(c for c in kept if c is not None).keys)
+            for layer in range(num_layers):
+                ref = next(c for c in kept if c is not None).keys[layer]  # (heads, len, head_dim)
+                shape = (num_rows, ref.shape[0], past_width, ref.shape[2])
+                layer_keys = torch.zeros(shape, dtype=ref.dtype, device=device)
+                layer_values = torch.zeros(shape, dtype=ref.dtype, device=device)
+                for i, (c, r) in enumerate(zip(kept, reused)):
+                    if r > 0:
+                        layer_keys[i, :, past_width - r:] = c.keys[layer][:, :r]
+                        layer_values[i, :, past_width - r:] = c.values[layer][:, :r]
+                cache.update(layer_keys, layer_values, layer)
+        attention = torch.cat([past_mask, new_mask], dim=1).to(device)  # (B, past + new)
+        input_ids, positions = input_ids.to(device), positions.to(device)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-        from transformers import DynamicCache
-        cache = DynamicCache()
-        # Prefill: only the last position's logits are needed (logits_to_keep=1), which keeps a
-        # (B, T, V) tensor from ever existing.
+        # Prefill the new part: only the last position's logits are needed (logits_to_keep=1), which
+        # keeps a (B, T, V) tensor from ever existing.
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float().cpu()  # (b, V)
@@ -239,12 +271,13 @@ class Student:
         rows = list(range(num_rows))  # rows[j] = original row index of batch position j
         ids: list[list[int]] = [[] for _ in range(num_rows)]
         logps: list[list[float]] = [[] for _ in range(num_rows)]
+        fed = [0] * num_rows  # sampled tokens of each row that went through the model (are in the cache)
         reasons = ["length"] * num_rows
         for _ in range(max_new_tokens):
             # log pi at temperature 1, before top-p: the number the training loss will recompute.
             log_probs = torch.log_softmax(logits, dim=-1)  # (b, V)
             keep: list[int] = []  # batch positions still generating
-            fed: list[int] = []
+            feed: list[int] = []
             for j, row in enumerate(rows):
                 token = pick_token(logits[j], temperature, top_p, generators[row])
                 if token in self.eos_ids:  # end of turn: the template supplies this token, not the sample
@@ -256,9 +289,12 @@ class Student:
                     reasons[row] = "stop"
                     continue
                 if len(ids[row]) >= max_new_tokens:
-                    continue
+                    continue  # reason stays "length"
                 keep.append(j)
-                fed.append(token)
+                feed.append(token)
+            for j, row in enumerate(rows):  # rows leaving the batch keep their cache for their next turn
+                if j not in keep and keys[row] is not None:
+                    self._keep(keys[row], prompts[row], ids[row][:fed[row]], cache, attention, j)
             if not keep:
                 break
             if len(keep) < len(rows):  # drop finished rows from the cache and the masks
@@ -267,13 +303,26 @@ class Student:
                 attention, next_position = attention[index], next_position[index]
                 rows = [rows[j] for j in keep]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            step_ids = torch.tensor(fed, device=device).unsqueeze(1)  # (b, 1)
+            step_ids = torch.tensor(feed, device=device).unsqueeze(1)  # (b, 1)
             out = model(input_ids=step_ids, attention_mask=attention, position_ids=next_position.unsqueeze(1),
                         past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :].float().cpu()
             next_position = next_position + 1
+            for row in rows:
+                fed[row] += 1
         return [Sample(token_ids=ids[i], logprobs=logps[i], text=self.decode(ids[i]), stop_reason=reasons[i])
                 for i in range(num_rows)]
+
+    def _keep(self, key: str, prompt: Sequence[int], fed_ids: list[int], cache, attention, j: int) -> None:
+        """Store batch row j's keys/values (only its real positions) under `key` for its next turn."""
+        real = attention[j].bool()  # (T,) which cache positions hold this row's tokens
+        self._kept[key] = _Kept(ids=list(prompt) + list(fed_ids),
+                                keys=[layer.keys[j][:, real] for layer in cache.layers],
+                                values=[layer.values[j][:, real] for layer in cache.layers])
+
+    def forget(self, key: str) -> None:
+        """Drop a finished episode's kept cache."""
+        self._kept.pop(key, None)
 
     def _hit_stop(self, row_ids: list[int], stops: Sequence[str]) -> bool:
         """Did the last token complete a stop string? Decoding only the tail keeps this O(1) per token;
@@ -345,6 +394,23 @@ class Student:
         os.replace(tmp, path)
 
 
+@dataclass
+class _Kept:
+    """One episode's keys/values between turns: per layer (kv_heads, len(ids), head_dim)."""
+    ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[target] for each position, in fp32. hidden (N, H), targets (N,) -> (N,)."""
     logits = head(hidden).float()  # (N, V)
@@ -403,7 +469,10 @@ class ScriptedStudent:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def sample(self, prompts, stops, max_new_tokens, temperature, top_p, seeds) -> list[Sample]:
+    def forget(self, key: str) -> None:
+        pass
+
+    def sample(self, prompts, stops, max_new_tokens, temperature, top_p, seeds, keys=None) -> list[Sample]:
         samples = []
         for prompt, row_stops, seed in zip(prompts, stops, seeds):
             text = self.script(self.decode(prompt), int(seed))

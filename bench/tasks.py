@@ -188,15 +188,20 @@ _ITEMS = ("notebooks", "pens", "mugs", "T-shirts", "lamps", "backpacks", "plant 
 def _shop(rng: random.Random) -> _ArithDraw | None:
     """Buy many items at one price, then a percentage off the whole order."""
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    # Prices in quarters of a dollar ($2.00 to $40.00): products like 35 * 11.25 are tedious by
+    # hand and exact in code, which is the point of this set.
     count, price, pct = rng.randint(12, 60), Fraction(rng.randint(8, 160), 4), rng.choice(
         (5, 10, 15, 20, 25, 30, 40))
     subtotal = count * price
     discount = subtotal * pct / 100
+    # A discount of fractions of a cent would make the float code inexact: draw again.
     if not _dyadic(discount):
         return None
     question = (f"A shop sells {item} for {_money(price)} each. {name} buys {count} {item} and gets "
                 f"{pct}% off the whole order. How much does {name} pay, in dollars?")
-    answer = count * price * (100 - pct) / 100      # closed form, independent of the steps
+    # The reference answer comes from a closed form, not from the steps below: if the two ever
+    # disagree, the test that runs the solutions catches it.
+    answer = count * price * (100 - pct) / 100
     solution = _arith_solution(
         f"Multiply to get the cost of the {item} before the discount, then take {pct}% off.",
         [("First find the cost before the discount.",
@@ -213,12 +218,14 @@ def _recipe(rng: random.Random) -> _ArithDraw | None:
     servings, target = rng.choice((4, 6, 8, 12)), rng.randint(3, 40)
     flour, butter = 10 * rng.randint(15, 60), 5 * rng.randint(10, 50)
     scale = Fraction(target, servings)
+    # Scale factors like 10/6 are not exact floats; 18/12 = 1.5 is. Equal servings is no problem.
     if target == servings or not _dyadic(scale, flour * scale, butter * scale):
         return None
     question = (f"A recipe for {servings} servings uses {flour} grams of flour and {butter} grams "
                 f"of butter. How many grams of flour and butter together are needed for {target} "
                 f"servings?")
     answer = Fraction(flour + butter) * target / servings
+    # Three actions (scale, scale both, add): the longest arith solution, 4 steps with the plan.
     solution = _arith_solution(
         f"Find how many times bigger {target} servings is than {servings}, scale both "
         f"ingredients, then add them.",
@@ -236,13 +243,14 @@ def _recipe(rng: random.Random) -> _ArithDraw | None:
 def _travel(rng: random.Random) -> _ArithDraw | None:
     """Two legs of a journey, one given in hours and one in minutes."""
     speed1, hours = rng.randint(40, 120), rng.randint(2, 6)
+    # The second leg is in minutes so that a unit conversion (/ 60) is part of the problem.
     speed2, minutes = rng.randint(30, 110), rng.choice((15, 20, 30, 40, 45, 50, 75, 90))
     leg1, leg2 = Fraction(speed1 * hours), Fraction(speed2 * minutes, 60)
     if not _dyadic(leg2):
         return None
     question = (f"A train travels at {speed1} km/h for {hours} hours, then at {speed2} km/h for "
                 f"{minutes} minutes. How many kilometres does it travel in total?")
-    answer = speed1 * hours + Fraction(speed2 * minutes, 60)
+    answer = speed1 * hours + Fraction(speed2 * minutes, 60)   # km = km/h * h, twice
     solution = _arith_solution(
         "Distance is speed times time for each part (minutes divided by 60 give hours); add them.",
         [("Find the distance of each part of the trip.",
@@ -257,6 +265,8 @@ def _savings(rng: random.Random) -> _ArithDraw | None:
     """Two years of yearly interest, each year's interest added to the balance."""
     name, deposit, rate = rng.choice(_NAMES), 100 * rng.randint(5, 120), rng.choice(
         (2, 4, 5, 6, 8, 10, 12, 15, 20, 25))
+    # Compound interest over two years; the code keeps "* (100 + rate) / 100" rather than
+    # "* 1.04", because 1.04 is not an exact float and the printed balance would carry noise.
     year1 = Fraction(deposit * (100 + rate), 100)
     year2 = year1 * (100 + rate) / 100
     if not _dyadic(year1, year2):
@@ -264,7 +274,7 @@ def _savings(rng: random.Random) -> _ArithDraw | None:
     question = (f"{name} puts ${deposit} in a savings account that pays {rate}% interest per "
                 f"year, added to the balance at the end of each year. How much money is in the "
                 f"account after 2 years, in dollars?")
-    answer = Fraction(deposit * (100 + rate) ** 2, 100 ** 2)
+    answer = Fraction(deposit * (100 + rate) ** 2, 100 ** 2)   # P * (1 + r/100)^2
     solution = _arith_solution(
         f"Grow the balance by {rate}% for the first year, then by {rate}% again for the second.",
         [("Add the first year's interest.",
@@ -280,12 +290,13 @@ def _wages(rng: random.Random) -> _ArithDraw | None:
     name, rate = rng.choice(_NAMES), Fraction(rng.randint(24, 70), 2)
     days, hours, saturday = rng.randint(3, 5), rng.randint(4, 9), rng.randint(2, 7)
     weekday_pay, saturday_pay = days * hours * rate, saturday * rate * Fraction(3, 2)
+    # Time and a half of a half-dollar rate can fall on a fraction of a cent: draw again.
     if not _dyadic(saturday_pay):
         return None
     question = (f"{name} earns {_money(rate)} per hour. {name} works {hours} hours on each of "
                 f"{days} weekdays and {saturday} hours on Saturday, which is paid at 1.5 times "
                 f"the usual rate. How much does {name} earn that week, in dollars?")
-    answer = rate * (days * hours + Fraction(3, 2) * saturday)
+    answer = rate * (days * hours + Fraction(3, 2) * saturday)   # paid hours * rate
     solution = _arith_solution(
         "Pay the weekday hours at the usual rate and the Saturday hours at 1.5 times it, then add.",
         [("Find the weekday pay and the Saturday pay.",
@@ -299,6 +310,7 @@ def _wages(rng: random.Random) -> _ArithDraw | None:
 
 def _tiles(rng: random.Random) -> _ArithDraw | None:
     """Floor area, a percentage extra for breakage, then a price per square metre."""
+    # Sides in half metres, so the area itself can be fractional (3.5 * 4.5 = 15.75).
     length, width = Fraction(rng.randint(6, 24), 2), Fraction(rng.randint(4, 16), 2)
     extra, price = rng.choice((5, 10, 15, 20, 25)), rng.randint(12, 45)
     area = length * width
@@ -308,7 +320,7 @@ def _tiles(rng: random.Random) -> _ArithDraw | None:
     question = (f"A rectangular floor is {_decimal(length)} m long and {_decimal(width)} m wide. "
                 f"Tiles cost ${price} per square metre, and {extra}% extra is bought to allow for "
                 f"breakage. How much do the tiles cost, in dollars?")
-    answer = length * width * (100 + extra) / 100 * price
+    answer = length * width * (100 + extra) / 100 * price   # m^2 bought * $/m^2
     solution = _arith_solution(
         f"Find the floor area, add {extra}% for breakage, then multiply by the price per square "
         f"metre.",
@@ -322,6 +334,7 @@ def _tiles(rng: random.Random) -> _ArithDraw | None:
 
 def _fuel(rng: random.Random) -> _ArithDraw | None:
     """Fuel used on a trip from a consumption per 100 km, then its cost."""
+    # Consumption 5 to 10 litres per 100 km in half litres, price $1.25 to $2.25 per litre.
     per_100, distance = Fraction(rng.randint(10, 20), 2), 20 * rng.randint(3, 40)
     price = Fraction(rng.randint(5, 9), 4)
     litres = per_100 * distance / 100
@@ -330,7 +343,7 @@ def _fuel(rng: random.Random) -> _ArithDraw | None:
     question = (f"A car uses {_decimal(per_100)} litres of fuel per 100 km. A trip is {distance} "
                 f"km long and fuel costs {_money(price)} per litre. How much does the fuel for "
                 f"the trip cost, in dollars?")
-    answer = Fraction(distance, 100) * per_100 * price
+    answer = Fraction(distance, 100) * per_100 * price   # (km / 100) * l per 100 km * $/l
     solution = _arith_solution(
         "Work out the litres the trip needs from the use per 100 km, then multiply by the price.",
         [("Find how many litres the trip uses.",
@@ -347,13 +360,14 @@ def _order_tax(rng: random.Random) -> _ArithDraw | None:
     boxes, box_price = rng.randint(3, 25), Fraction(rng.randint(8, 60), 4)
     tax = rng.choice((4, 5, 6, 8, 10, 12, 15))
     coffee, tea = bags * bag_price, boxes * box_price
+    # Tax is on the sum, so a student who rounds each line or taxes one item only goes wrong.
     tax_amount = (coffee + tea) * tax / 100
     if not _dyadic(tax_amount):
         return None
     question = (f"A cafe buys {bags} bags of coffee at {_money(bag_price)} each and {boxes} boxes "
                 f"of tea at {_money(box_price)} each. Sales tax of {tax}% is added to the whole "
                 f"bill. What is the total bill, in dollars?")
-    answer = (bags * bag_price + boxes * box_price) * (100 + tax) / 100
+    answer = (bags * bag_price + boxes * box_price) * (100 + tax) / 100   # subtotal * (1 + t)
     solution = _arith_solution(
         f"Add the cost of the coffee and the tea, then add {tax}% tax on the sum.",
         [("Find the cost of the coffee and of the tea.",
@@ -373,6 +387,8 @@ ARITH_TEMPLATES = (_shop, _recipe, _travel, _savings, _wages, _tiles, _fuel, _or
 def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
     """n arith tasks of the split, drawn in a fixed order from a generator seeded by `seed`."""
     _check_split(split)
+    # One stream of draws per seed; both splits read the same stream and keep their own share,
+    # so the split of a problem depends only on its parameters (the key), never on the seed.
     rng = _rng("arith", seed)
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -383,6 +399,7 @@ def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
         draw = rng.choice(ARITH_TEMPLATES)(rng)
         if draw is None or _is_test("arith", draw.key) != (split == "test"):
             continue
+        # Content-addressed id: the same problem has the same id in every seed and split.
         task_id = "arith-" + _digest("arith", draw.key)[:10]
         if task_id in seen:
             continue
@@ -424,17 +441,19 @@ def _word(rng: random.Random, syllables: int) -> str:
 
 @dataclass(frozen=True)
 class _Person:
-    name: str
-    born: int
-    city: str
+    """A person of a generated world: a founder, or a founder's relative (a distractor)."""
+    name: str       # "Mela Dorn": an invented first name and surname
+    born: int       # year of birth
+    city: str       # city of birth
 
 
 @dataclass(frozen=True)
 class _Company:
-    name: str
-    founded: int
+    """A company of a generated world, the centre of every question chain."""
+    name: str                                    # "Quintara Corp": a stem and a suffix
+    founded: int                                 # year founded (a distractor year)
     founder: _Person
-    city: str
+    city: str                                    # where it is based
     products: tuple[tuple[str, str, int], ...]   # (product name, kind, year first sold)
 
 
@@ -451,6 +470,8 @@ def _lookup_world(seed: int) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
                 used.add(word)
                 return word
 
+    # Few cities for many people and companies: city answers repeat, so they cannot be guessed
+    # from which names appear rarely in the corpus.
     cities = [fresh(2) for _ in range(24)]
     stems = [fresh(3) for _ in range(NUM_COMPANIES // 2)]
     # Every stem names two companies with different suffixes: "Quintara Corp", "Quintara Labs".
@@ -462,12 +483,16 @@ def _lookup_world(seed: int) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
         founder = _Person(f"{fresh(2)} {surname}", rng.randint(1920, 1975), rng.choice(cities))
         # A relative shares the founder's surname: searching the surname alone is not enough.
         relative = _Person(f"{fresh(2)} {surname}", rng.randint(1920, 1985), rng.choice(cities))
+        # Plausible chronology (founded in the founder's adult life, products after the founding);
+        # the founding and launch years are distractors for "In what year ..." questions.
         founded = founder.born + rng.randint(25, 45)
         products = tuple((fresh(rng.choice((2, 3))), rng.choice(_KINDS),
                           rng.randint(founded + 1, min(founded + 30, 2024)))
                          for _ in range(PRODUCTS_PER_COMPANY))
         company = _Company(company_name, founded, founder, rng.choice(cities), products)
         companies.append(company)
+        # Passages are short (under ~120 characters) so that search(query, k=3) fits the CPU
+        # preset's 400-character observation budget without eliding the fact in the middle.
         passages.append(f"{company.name}: {company.name} was founded in {founded} by "
                         f"{founder.name} and is based in {company.city}.")
         passages.append(f"{founder.name}: {founder.name} was born in {founder.born} in "
@@ -490,16 +515,22 @@ def _search_step(entity: str, thought: str, finds: str) -> RefStep:
 def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefStep, ...]]]:
     """(question, answer, grader, solution) for every question centred on one company."""
     founder, name = company.founder, company.name
+    # The hops are shared between questions (RefSteps are immutable, so sharing is safe). Each
+    # search names its entity exactly as the previous observation showed it.
     company_hop = _search_step(name, f"Find out who founded {name}.", founder.name)
     year_hop = _search_step(founder.name, f"Find out when {founder.name} was born.",
                             str(founder.born))
     city_hop = _search_step(founder.name, f"Find out where {founder.name} was born.", founder.city)
 
     def answer_step(fact: str, value: str) -> RefStep:
+        # The last step only answers. Its fact was shown by the previous search (that step's
+        # checkpoint), so it has no checkpoint of its own.
         return RefStep(thought=fact, code=f'final_answer("{value}")')
 
     year_answer = answer_step(f"{founder.name} was born in {founder.born}.", str(founder.born))
     city_answer = answer_step(f"{founder.name} was born in {founder.city}.", founder.city)
+    # Two-hop questions that start from the company, then two- and three-hop questions that start
+    # from each of its products. Years are graded "numeric", names and cities by token F1.
     questions = [
         (f"In what year was the founder of {name} born?", str(founder.born), "numeric",
          (RefStep(f"Search for {name} to find its founder, then search for the founder to find "
@@ -537,16 +568,19 @@ def make_lookup(split: str, n: int | None, seed: int = 0) -> list[Task]:
     """The first n lookup tasks of the split in the world of `seed` (all of them if n is None)."""
     _check_split(split)
     companies, corpus = _lookup_world(seed)
-    # Split by company: every question about a test company is a test question, so no fact that a
-    # test question needs is ever the answer to a training question.
+    # Split by company: every question about a test company is a test question, so no company or
+    # person on a test question's chain is on a training chain (cities and years are shared pools,
+    # as any world's are). Ranking by hash gives exactly TEST_FRACTION of the companies.
     ranked = sorted(companies, key=lambda company: _digest("lookup-split", seed, company.name))
     num_test = int(len(ranked) * TEST_FRACTION)
     chosen = ranked[:num_test] if split == "test" else ranked[num_test:]
+    # The id hashes the seed too: the same words in another seed's world are another task.
     tasks = [Task(id="lookup-" + _digest("lookup", seed, question)[:10], task_set="lookup",
                   question=question, answer=answer, grader=grader, solution=solution,
                   corpus=corpus, corpus_id=f"lookup-seed{seed}")
              for company in chosen for question, answer, grader, solution
              in _lookup_questions(company)]
+    # A fixed order per (seed, split), so that the first n of a split are a prefix of any larger n.
     _rng("lookup-order", seed, split).shuffle(tasks)
     if n is not None and n > len(tasks):
         raise TaskError(f"lookup: the world of seed {seed} has {len(tasks)} {split} tasks, "
@@ -599,11 +633,14 @@ PAPER_SETS = types.MappingProxyType({
 def _fetch(name: str, split: str) -> list[dict]:
     """The rows of a paper benchmark's split, from the hub (or the `datasets` cache)."""
     source = PAPER_SETS[name]
+    # Our split names map onto the dataset's: e.g. HotpotQA's test answers are hidden, so our
+    # "test" is its validation split; AIME ships one "train" split of 30 problems, our "test".
     hf_split = dict(source.splits).get(split)
     if hf_split is None:
         raise TaskError(f"{name} has no {split} split (it ships only "
                         f"{', '.join(ours for ours, _ in source.splits)}); train on a generated "
                         f"set (arith, lookup) or a local JSONL file")
+    # Imported here: `datasets` is slow to import and only the paper's benchmarks need it.
     try:
         import datasets
     except ImportError:
@@ -611,11 +648,14 @@ def _fetch(name: str, split: str) -> list[dict]:
                         f"local JSONL file or a generated set (arith, lookup)") from None
     try:
         rows = datasets.load_dataset(source.hf_id, source.config, split=hf_split)
-    except Exception as error:  # network, offline mode, missing cache: all end the same way
+    # No network, HF_HUB_OFFLINE=1 without a cache, a renamed repository: all end in one line that
+    # says what to do instead, never in a traceback (DESIGN.md, What users see).
+    except Exception as error:
         raise TaskError(f"cannot load {name} ({source.hf_id}, {type(error).__name__}): the Hugging "
                         f"Face hub is unreachable from here; use a local JSONL file of "
                         f'{{"id", "question", "answer"}} lines or a generated set (arith, lookup)'
                         ) from error
+    # Plain dicts: _convert stays a pure function of rows, testable with in-memory stand-ins.
     return [dict(row) for row in rows]
 
 
@@ -629,13 +669,14 @@ def _context_passages(row: dict) -> tuple[str, ...]:
         pairs = zip(context["title"], bodies)
     else:                                       # the original JSON: [[title, [sentence, ...]], ...]
         pairs = ((title, sentences) for title, sentences in context)
+    # HotpotQA sentences carry their own leading space (" It formed ..."): strip, then join.
     return tuple(f"{title}: {' '.join(s.strip() for s in sentences)}" for title, sentences in pairs)
 
 
 def _convert(name: str, rows: list[dict]) -> list[Task]:
     """Rows of a paper benchmark (its real field names and nesting) -> Tasks. Pure: no I/O."""
     source = PAPER_SETS[name]
-    tasks = []
+    tasks, id_counts = [], {}
     for row in rows:
         question, answer = str(row[source.question]).strip(), str(row[source.answer]).strip()
         solution_text = str(row[source.solution]) if source.solution else None
@@ -645,8 +686,16 @@ def _convert(name: str, rows: list[dict]) -> list[Task]:
             worked, _, answer = answer.rpartition("####")
             answer = answer.strip().replace(",", "")
             solution_text = re.sub(r"<<[^>]*>>", "", worked).strip()
+        # GSM8K and Bamboogle rows have no id: hash the question, which is stable across
+        # dataset revisions that reorder rows (an index would not be).
         key = row[source.id_field] if source.id_field else _digest(question)[:10]
         task_id = f"{name}-{key}"
+        # A question that a dataset repeats gets a numbered id, so ids stay unique.
+        id_counts[task_id] = id_counts.get(task_id, 0) + 1
+        if id_counts[task_id] > 1:
+            task_id = f"{task_id}-{id_counts[task_id]}"
+        # Multi-hop questions search their own context paragraphs (deviation 2 above), so each
+        # one is its own corpus, keyed by the task id. Math sets and Bamboogle have no corpus.
         corpus = None
         if name in ("hotpotqa", "2wiki", "musique"):
             corpus = _context_passages(row)
@@ -689,17 +738,21 @@ def _load_jsonl(path: Path, split: str) -> list[Task]:
         if missing:
             raise TaskError(f"{where}: missing field {', '.join(map(repr, missing))}; each line "
                             f"needs id, question and answer")
+        # JSON numbers are fine as answers ({"answer": 42}): everything becomes a string.
         answer = str(row["answer"]).strip()
         grader = row.get("grader") or ("numeric" if _PLAIN_NUMBER.fullmatch(answer) else "f1")
         if grader not in GRADERS:
             raise TaskError(f"{where}: unknown grader {grader!r}; use one of {', '.join(GRADERS)}")
         if row.get("split", split) not in SPLITS:
             raise TaskError(f"{where}: split must be train or test, got {row['split']!r}")
+        # Ids key resumed runs and records, so a duplicate would silently merge two tasks.
         if str(row["id"]) in seen:
             raise TaskError(f"{where}: duplicate id {row['id']!r}; ids must be unique")
         seen.add(str(row["id"]))
         if row.get("split", split) != split:
             continue
+        if "corpus" in row and not isinstance(row["corpus"], list):
+            raise TaskError(f"{where}: corpus must be a list of passage strings")
         corpus = tuple(str(passage) for passage in row["corpus"]) if row.get("corpus") else None
         tasks.append(Task(id=str(row["id"]), task_set=path.stem, question=str(row["question"]),
                           answer=answer, grader=grader, corpus=corpus,
@@ -713,6 +766,7 @@ def _load_jsonl(path: Path, split: str) -> list[Task]:
 # ---------------------------------------------------------------------------------------------------
 
 def _check_split(split: str) -> None:
+    """Refuse a split name other than train / test with one line."""
     if split not in SPLITS:
         raise TaskError(f"unknown split {split!r}: use train or test")
 
@@ -730,6 +784,8 @@ def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0) -> li
         return make_arith(split, ARITH_DEFAULT_N[split] if n is None else n, seed)
     if name == "lookup":
         return make_lookup(split, n, seed)
+    # Loaded sets come in the dataset's order; shuffle by the seed so that "the first n" is a
+    # random sample (benchmarks are often sorted by difficulty or topic).
     if name in PAPER_SETS:
         tasks = _convert(name, _fetch(name, split))
     elif name.endswith(".jsonl") or Path(name).is_file():

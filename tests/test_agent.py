@@ -218,3 +218,34 @@ def test_rollout_from_a_prefix_replays_its_code(tokenizer):
     [trajectory] = rollout(student, [Start(_task(), seed=0, prefix=prefix)], RolloutConfig(max_steps=6))
     assert [s.author for s in trajectory.steps] == ["student", "teacher", "student", "student"]
     assert trajectory.final_answer == "42" and trajectory.correct
+
+
+def test_kv_reuse_across_turns_changes_nothing(tiny_student):
+    """Keeping an episode's keys/values between turns (sample(..., keys=...)) gives the same tokens and
+    log-probs as re-reading the whole prompt, for rows of different lengths in one batch. If this broke,
+    rollouts would silently sample from a different context than the one recorded."""
+    tokenizer = tiny_student.tokenizer
+    questions = ["first question?", "a second, noticeably longer question for the batch", "q3"]
+    stops = [["</code>"]] * 3
+
+    def two_turns(keys):
+        first = [render_ids(tokenizer, q, [], add_generation_prompt=True).ids for q in questions]
+        turn1 = tiny_student.sample(first, stops, 12, 1.0, 1.0, [1, 2, 3], keys=keys)
+        steps = [[make_student_step(1, s)] for s in turn1]
+        for row in steps:
+            row[0].observation = "None"
+        second = [render_ids(tokenizer, q, st, add_generation_prompt=True).ids for q, st in zip(questions, steps)]
+        return second, tiny_student.sample(second, stops, 12, 1.0, 1.0, [4, 5, 6], keys=keys)
+
+    prompts_plain, plain = two_turns(None)
+    prompts_cached, cached = two_turns(["a", "b", "c"])
+    assert prompts_plain == prompts_cached
+    for p, c, prompt in zip(plain, cached, prompts_plain):
+        assert p.token_ids == c.token_ids
+        assert max(abs(x - y) for x, y in zip(p.logprobs, c.logprobs)) < 1e-4
+        forward = tiny_student.sequence_logprobs([list(prompt) + c.token_ids])[0][len(prompt) - 1:]
+        assert torch.allclose(forward, torch.tensor(c.logprobs), atol=1e-3)
+    assert set(tiny_student._kept) == {"a", "b", "c"}
+    for key in "abc":
+        tiny_student.forget(key)
+    assert not tiny_student._kept

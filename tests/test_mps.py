@@ -1,0 +1,133 @@
+"""The MPS protocol (METHOD.md phase 1) with a scripted student and a scripted teacher."""
+import dataclasses
+
+import pytest
+
+from agent import RolloutConfig, Step, format_step
+from bench.tasks import RefStep, Task
+from mps import MPSConfig, assign_split, derive_outputs, diagnostics, run_mps
+from student import ScriptedStudent
+
+
+@dataclasses.dataclass
+class Verdict:
+    first_error_step: int
+    analysis: str = "wrong factor"
+    suggestion: str = "multiply 6 by 7"
+
+
+class ScriptedTeacher:
+    """Blames step `blame(trajectory)` and replaces it with `code`; records what it was shown."""
+
+    def __init__(self, blame, code="x = 6 * 7\nprint(x)"):
+        self.blame, self.code, self.calls = blame, code, []
+
+    def verdict(self, trajectory, reference_answer):
+        self.calls.append([s.index for s in trajectory.steps])
+        k = self.blame(trajectory)
+        return None if k is None else Verdict(k)
+
+    def replacement_step(self, task, prefix, wrong_step, verdict):
+        k = len(prefix) + 1
+        if k == 1:
+            return Step(1, "plan", "teacher", format_step("plan", "Multiply 6 by 7."), thought="Multiply 6 by 7.")
+        return Step(k, "action", "teacher", format_step("action", "multiply", self.code), thought="multiply", code=self.code)
+
+
+def _task(i=0):
+    return Task(id=f"toy-{i}", task_set="toy", question=f"What is 6 times 7? (#{i})", answer="42", grader="numeric",
+                solution=(RefStep("multiply"),))
+
+
+def _student(tokenizer, turns):
+    def respond(prompt, seed):
+        return turns[min(prompt.count("<|im_start|>assistant") - 1, len(turns) - 1)]
+    return ScriptedStudent(tokenizer, respond)
+
+
+def _sandbox(corpus):
+    from tools import Sandbox
+    return Sandbox(corpus=corpus, timeout_s=5)
+
+
+def _run(tokenizer, turns, teacher, tasks=None, max_corrections=3, max_steps=5):
+    tasks = tasks or [_task()]
+    done = []
+    finished = run_mps(_student(tokenizer, turns), teacher, tasks, {t.id: "sft" for t in tasks},
+                       RolloutConfig(max_steps=max_steps), MPSConfig(max_corrections=max_corrections),
+                       _sandbox, done.append)
+    assert [t.task_id for t in done] == [t.task_id for t in finished]
+    return finished
+
+
+WRONG_THEN_ANSWER = ["<first_thought>multiply</first_thought>",
+                     "<code>leak = 1\nx = 6 * 8\nprint(x)</code>",
+                     "<code>final_answer(x if 'leak' not in globals() else -1)</code>"]
+
+
+def test_one_correction_splices_replays_and_is_valid(tokenizer):
+    """The student errs at step 2; the teacher replaces step 2; the interpreter is rebuilt from the prefix
+    (the discarded step's `leak` must not exist), the student finishes correctly, the correction is valid,
+    and the key-step record holds prefix, teacher step and wrong step with their observations."""
+    teacher = ScriptedTeacher(lambda t: 2)
+    [t] = _run(tokenizer, WRONG_THEN_ANSWER, teacher)
+    assert t.correct and t.final_answer == "42" and not t.hard
+    assert [s.author for s in t.steps] == ["student", "teacher", "student"]
+    assert t.steps[1].observation.strip() == "42"  # the teacher step ran after the replay
+    assert len(t.corrections) == 1 and t.corrections[0]["valid"] and t.corrections[0]["k"] == 2
+    assert t.corrections[0]["wrong_step"]["observation"].strip() == "48"
+    sft, keysteps = derive_outputs([t], MPSConfig())
+    assert [r["task_id"] for r in sft] == ["toy-0"]
+    [key] = keysteps
+    assert key["k"] == 2 and key["last"] and [s["index"] for s in key["prefix"]] == [1]
+    assert key["teacher_step"]["code"] == "x = 6 * 7\nprint(x)" and key["wrong_step"]["code"].startswith("leak = 1")
+    assert key["split"] == "sft" and key["reference_answer"] == "42"
+
+
+def test_correct_alone_needs_no_teacher(tokenizer):
+    """A correct episode is kept without any teacher call."""
+    teacher = ScriptedTeacher(lambda t: 2)
+    [t] = _run(tokenizer, ["<first_thought>p</first_thought>", "<code>final_answer(6 * 7)</code>"], teacher)
+    assert t.correct and not t.corrections and teacher.calls == []
+    assert diagnostics([t])["solved_alone"] == 1
+
+
+def test_unfinished_is_hard_and_not_corrected(tokenizer):
+    """Unfinished within the step budget: hard, and the teacher is never asked (as the paper)."""
+    teacher = ScriptedTeacher(lambda t: 2)
+    [t] = _run(tokenizer, ["<first_thought>p</first_thought>", "<code>print(1)</code>"], teacher, max_steps=3)
+    assert t.hard and t.hard_reason.startswith("unfinished") and teacher.calls == []
+
+
+@pytest.mark.parametrize("blame,reason", [(lambda t: None, "no usable verdict"),
+                                          (lambda t: 0, "teacher found no error in a wrong episode"),
+                                          (lambda t: 99, "first_error_step out of range")])
+def test_unusable_verdicts_tag_hard(tokenizer, blame, reason):
+    """No verdict, a 'no error' verdict on a wrong episode, or an out-of-range index: hard, phase goes on."""
+    [t] = _run(tokenizer, WRONG_THEN_ANSWER, ScriptedTeacher(blame))
+    assert t.hard and t.hard_reason == reason and not t.correct
+
+
+def test_second_correction_must_come_after_the_first(tokenizer):
+    """A later verdict must point after the last teacher step; blaming the teacher's own step is hard.
+    And corrections stop at max_corrections."""
+    always_wrong = ["<first_thought>p</first_thought>", "<code>x = 5\nprint(x)</code>", "<code>final_answer(x + 1)</code>"]
+    teacher = ScriptedTeacher(lambda t: 2)  # blames step 2 again after it became the teacher's
+    [t] = _run(tokenizer, always_wrong, teacher)
+    assert t.hard and t.hard_reason == "first_error_step not after the last teacher step"
+    assert len(t.corrections) == 2 and not any(r["valid"] for r in t.corrections)
+    # Blaming the step after the teacher's each time: corrections stop at the maximum.
+    last_student_action = lambda t: [s.index for s in t.steps if s.author == "student" and s.kind == "action"][-1]
+    moving = ScriptedTeacher(last_student_action, code="x = 5\nprint(x)")
+    [t2] = _run(tokenizer, always_wrong, moving, max_corrections=2)
+    assert t2.hard and t2.hard_reason == "still wrong after max corrections" and len(t2.corrections) == 2
+
+
+def test_split_is_deterministic_and_proportional():
+    """The split depends only on (task id, seed): BC share first, then 50/50 SFT/RL."""
+    ids = [f"arith-{i}" for i in range(4000)]
+    splits = [assign_split(i, 0, 0.2) for i in ids]
+    assert splits == [assign_split(i, 0, 0.2) for i in ids]
+    share = {s: splits.count(s) / len(ids) for s in ("bc", "sft", "rl")}
+    assert abs(share["bc"] - 0.2) < 0.03 and abs(share["sft"] - 0.4) < 0.03 and abs(share["rl"] - 0.4) < 0.03
+    assert splits != [assign_split(i, 1, 0.2) for i in ids]

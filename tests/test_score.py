@@ -1,0 +1,74 @@
+"""The command line: config, presets, resume rules, and `score.py eval` on a tiny saved student."""
+import json
+
+import pytest
+
+import score
+from runs import read_jsonl
+
+
+@pytest.fixture
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A tiny random student saved in Hugging Face format, as a checkpoint would be."""
+    from conftest import make_tiny_student
+    student = make_tiny_student(tokenizer)
+    path = tmp_path_factory.mktemp("tiny")
+    student.save(path / "model")
+    return str(path / "model")
+
+
+def _eval_args(tiny_dir, runs, *extra):
+    return ["eval", "--student", tiny_dir, "--tasks", "arith,lookup", "--n", "2", "--runs-dir", str(runs),
+            "--max-steps", "2", "--max-new-tokens", "6", "--run", "t", *extra]
+
+
+def test_presets_fill_unset_fields_only():
+    """Fields left at None take the preset's value; an explicit value wins."""
+    config = score.parse_args(["--preset", "cpu", "--max-steps", "3"])
+    assert config.max_steps == 3 and config.max_new_tokens == 96 and config.eval_temperature == 0.0
+    assert score.parse_args(["--preset", "gpu"]).max_context_tokens == 8192
+    assert score.parse_args(["eval"]).phases == "eval"
+
+
+def test_eval_writes_records_and_summary_and_resumes(tiny_dir, tmp_path, capsys):
+    """eval writes one graded trajectory per task and a summary with n and a 95% interval; re-running
+    the same command finds every task done and duplicates nothing."""
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
+    records = read_jsonl(tmp_path / "t" / "eval" / "base.jsonl")
+    assert sorted(r["task_set"] for r in records) == ["arith", "arith", "lookup", "lookup"]
+    assert all(len(r["steps"]) <= 2 and r["split"] == "test" for r in records)
+    summary = json.loads((tmp_path / "t" / "eval" / "base.json").read_text())
+    assert summary["task_sets"]["arith"]["n"] == 2 and len(summary["task_sets"]["lookup"]["ci95"]) == 2
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
+    assert "4 already done" in capsys.readouterr().out
+    assert len(read_jsonl(tmp_path / "t" / "eval" / "base.jsonl")) == 4
+
+
+def test_resume_with_changed_settings_is_refused(tiny_dir, tmp_path, capsys):
+    """A result-affecting change on resume stops with one line naming it; an operational one is fine."""
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
+    assert score.main(_eval_args(tiny_dir, tmp_path, "--seed", "3")) == 2
+    out = capsys.readouterr().out
+    assert "seed: 0 -> 3" in out and "Traceback" not in out
+    assert score.main(_eval_args(tiny_dir, tmp_path, "--threads", "1")) == 0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["eval", "--student", "no-such-preset"], "unknown student"),
+    (["eval", "--tasks", "no-such-set"], "no-such-set"),
+    (["eval", "--device", "cuda"], "CUDA"),
+])
+def test_user_errors_are_one_line(argv, needle, tmp_path, capsys, monkeypatch):
+    """Mistakes a user can make end with one clear line and exit code 2, not a traceback."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert score.main(argv + ["--runs-dir", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert needle in out and "Traceback" not in out and out.count("error:") == 1
+
+
+def test_interval95():
+    """Wilson interval for 0/1 scores; it stays inside [0, 1] and contains the mean."""
+    mean, low, high = score.interval95([1.0] * 8 + [0.0] * 8)
+    assert mean == 0.5 and 0.27 < low < 0.3 and 0.7 < high < 0.73
+    assert score.interval95([0.0] * 16)[1:] == (0.0, pytest.approx(0.194, abs=0.002))

@@ -1,0 +1,437 @@
+"""Task sets (bench/tasks.py): generators, splits, reference solutions, benchmark and JSONL loaders.
+
+Everything here runs offline. The paper's benchmarks are exercised through small in-memory rows
+that reproduce each dataset's real field names and nesting; the hub itself is never contacted.
+"""
+
+import re
+from fractions import Fraction
+
+import bm25s
+import pytest
+
+import bench.tasks as tasks_module
+from bench.graders import is_correct
+from bench.tasks import (PAPER_SETS, TASK_SETS, Task, TaskError, _convert, _shop, load_tasks,
+                         make_arith, make_lookup)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism and splits
+# ---------------------------------------------------------------------------------------------------
+
+def test_generators_are_deterministic_by_seed():
+    """Breaks: resuming a run (DESIGN.md: same task ids after an interruption) and comparing runs,
+    which both rely on the same seed giving the same tasks."""
+    assert make_arith("train", 40, seed=0) == make_arith("train", 40, seed=0)
+    assert make_arith("train", 40, seed=0) != make_arith("train", 40, seed=1)
+    assert make_lookup("test", 30, seed=0) == make_lookup("test", 30, seed=0)
+    assert make_lookup("test", 30, seed=0)[0].corpus != make_lookup("test", 30, seed=1)[0].corpus
+    assert load_tasks("arith", "test", 5, seed=3) == make_arith("test", 5, seed=3)
+
+
+def test_a_smaller_n_is_a_prefix():
+    """Breaks: evaluating on --n 20 and later --n 40 with the first 20 tasks unchanged."""
+    assert make_arith("test", 20, seed=0) == make_arith("test", 40, seed=0)[:20]
+    assert make_lookup("test", 20, seed=0) == make_lookup("test", 40, seed=0)[:20]
+
+
+def test_train_and_test_share_no_task():
+    """Breaks: held-out evaluation (a test question seen in training inflates every score)."""
+    for seed in (0, 1):
+        train, test = make_arith("train", 1000, seed), make_arith("test", 200, seed)
+        assert len({t.id for t in train}) == 1000 and len({t.id for t in test}) == 200
+        assert not {t.id for t in train} & {t.id for t in test}
+        assert not {t.question for t in train} & {t.question for t in test}
+    # The arith split hangs on the content, not the seed: no test task of one seed trains another.
+    assert not {t.question for t in make_arith("train", 1000, 1)} & {
+        t.question for t in make_arith("test", 200, 0)}
+    train, test = make_lookup("train", None, 0), make_lookup("test", None, 0)
+    assert len(test) >= 50 and len(train) >= 4 * len(test) - 20
+    assert not {t.id for t in train} & {t.id for t in test}
+    assert not {t.question for t in train} & {t.question for t in test}
+    # Lookup splits by company: no company or person on a test chain is on a training chain
+    # (checkpoints with a space are company and person names; cities and years are shared pools).
+    def chain_entities(tasks):
+        return {c for t in tasks for step in t.solution for c in step.checkpoints if " " in c}
+    assert chain_entities(test) and not chain_entities(test) & chain_entities(train)
+
+
+# ---------------------------------------------------------------------------------------------------
+# arith: the answer is what the question asks
+# ---------------------------------------------------------------------------------------------------
+
+class _ScriptedRng:
+    """Stands in for random.Random: returns the given values in order, checking each is allowed."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def choice(self, options):
+        value = self.values.pop(0)
+        assert value in options
+        return value
+
+    def randint(self, low, high):
+        value = self.values.pop(0)
+        assert low <= value <= high
+        return value
+
+
+def test_shop_template_by_hand():
+    """Breaks: the shop template's text, answer or checkpoints. By hand: 24 pens at $15 is $360;
+    15% of $360 is $54; she pays $306. Python prints 24 * 15 as 360 and the divisions as floats."""
+    draw = _shop(_ScriptedRng("Mia", "pens", 24, 60, 15))
+    assert draw.question == ("A shop sells pens for $15 each. Mia buys 24 pens and gets 15% off "
+                             "the whole order. How much does Mia pay, in dollars?")
+    assert draw.answer == 306
+    plan, first, second = draw.solution
+    assert plan.code == "" and plan.thought
+    assert first.code == "subtotal = 24 * 15\nprint(subtotal)"
+    assert first.checkpoints == ("360",) and first.defines == (("subtotal", "360"),)
+    assert second.checkpoints == ("54.0", "306.0") and second.reads == ("subtotal",)
+    assert second.code.endswith("final_answer(total)")
+
+
+# One pattern per arith template, with the answer recomputed from the question's own numbers.
+_ARITH_QUESTIONS = [
+    (r"sells .+ for \$([\d.]+) each\. \w+ buys (\d+) .+ gets (\d+)% off",
+     lambda price, count, pct: price * count * (100 - pct) / 100),
+    (r"recipe for (\d+) servings uses (\d+) grams of flour and (\d+) grams of butter\..* for "
+     r"(\d+) servings", lambda s, flour, butter, t: (flour + butter) * t / s),
+    (r"at (\d+) km/h for (\d+) hours, then at (\d+) km/h for (\d+) minutes",
+     lambda v1, h, v2, m: v1 * h + v2 * m / 60),
+    (r"puts \$(\d+) in .+ pays (\d+)% interest .+ after 2 years",
+     lambda p, r: p * (1 + r / 100) ** 2),
+    (r"earns \$([\d.]+) per hour\. \w+ works (\d+) hours on each of (\d+) weekdays and (\d+) "
+     r"hours on Saturday", lambda rate, h, d, s: rate * (h * d + Fraction(3, 2) * s)),
+    (r"floor is ([\d.]+) m long and ([\d.]+) m wide\. Tiles cost \$(\d+) per square metre, and "
+     r"(\d+)% extra", lambda length, width, c, x: length * width * (1 + x / 100) * c),
+    (r"uses ([\d.]+) litres of fuel per 100 km\. A trip is (\d+) km long and fuel costs "
+     r"\$([\d.]+) per litre", lambda f, d, c: f * d / 100 * c),
+    (r"buys (\d+) bags of coffee at \$([\d.]+) each and (\d+) boxes of tea at \$([\d.]+) each\. "
+     r"Sales tax of (\d+)%", lambda b, bp, x, xp, t: (b * bp + x * xp) * (1 + t / 100)),
+]
+
+
+def test_arith_answers_recomputed_from_the_question_text():
+    """Breaks: a template whose stated problem and reference answer disagree (the student would be
+    trained towards wrong answers). Every template must appear and be recomputed exactly."""
+    seen = set()
+    for task in make_arith("train", 300, seed=0) + make_arith("test", 100, seed=0):
+        matches = [(i, m) for i, (pattern, _) in enumerate(_ARITH_QUESTIONS)
+                   if (m := re.search(pattern, task.question))]
+        assert len(matches) == 1, task.question
+        index, match = matches[0]
+        expected = _ARITH_QUESTIONS[index][1](*(Fraction(g) for g in match.groups()))
+        assert Fraction(task.answer) == expected, task.question
+        assert task.grader == "numeric" and task.corpus is None
+        seen.add(index)
+    assert seen == set(range(len(_ARITH_QUESTIONS)))
+
+
+def test_arith_solution_shape():
+    """Breaks: the CPU preset's 6-step budget, the reference teacher's self-contained replays
+    (reads must be defined earlier, defines must be literals) and the final_answer rule."""
+    for task in make_arith("train", 200, seed=2):
+        plan, *actions = task.solution
+        assert plan.code == "" and plan.thought and 2 <= len(actions) <= 3
+        assert len(task.solution) <= 5
+        defined = {}
+        for number, step in enumerate(actions, start=1):
+            assert step.thought and step.code and step.checkpoints
+            assert ("final_answer(" in step.code) == (number == len(actions))
+            assert set(step.reads) <= set(defined)
+            # Each checkpoint is the printed value of a name the step binds, as a Python literal.
+            assert step.checkpoints == tuple(value for _, value in step.defines)
+            for name, literal in step.defines:
+                defined[name] = eval(literal)  # a literal such as "306.0": safe to evaluate
+        assert is_correct("numeric", str(defined[actions[-1].code.split("final_answer(")[1][:-1]]),
+                          task.answer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# lookup: the answer is what the question asks, and each hop's search finds its fact
+# ---------------------------------------------------------------------------------------------------
+
+def _facts(corpus):
+    """Title -> passage text, read back from the corpus strings ("Title: text")."""
+    return dict(passage.split(": ", 1) for passage in corpus)
+
+
+def _answer_from_corpus(question, facts):
+    """Follow the chain of the question through the passages, as a careful reader would."""
+    def maker(product):
+        return re.search(r"made by (.+), first sold", facts[product])[1]
+
+    def founder(company):
+        return re.search(r"founded in \d+ by (.+) and is based in", facts[company])[1]
+
+    def birth(person):
+        return re.search(r"was born in (\d+) in (\w+)\.", facts[person]).groups()
+
+    if m := re.fullmatch(r"In what year was the founder of the company that makes the (\w+) "
+                         r"born\?", question):
+        return birth(founder(maker(m[1])))[0]
+    if m := re.fullmatch(r"In which city was the founder of the company that makes the (\w+) "
+                         r"born\?", question):
+        return birth(founder(maker(m[1])))[1]
+    if m := re.fullmatch(r"Who founded the company that makes the (\w+)\?", question):
+        return founder(maker(m[1]))
+    if m := re.fullmatch(r"In which city is the company that makes the (\w+) based\?", question):
+        return re.search(r"is based in (\w+)\.", facts[maker(m[1])])[1]
+    if m := re.fullmatch(r"In what year was the founder of (.+) born\?", question):
+        return birth(founder(m[1]))[0]
+    if m := re.fullmatch(r"In which city was the founder of (.+) born\?", question):
+        return birth(founder(m[1]))[1]
+    raise AssertionError(f"no pattern for {question!r}")
+
+
+def test_lookup_answers_follow_from_the_corpus():
+    """Breaks: a question whose reference answer is not what its chain of passages says."""
+    train, test = make_lookup("train", None, seed=1), make_lookup("test", None, seed=1)
+    facts = _facts(train[0].corpus)
+    assert len(facts) == len(train[0].corpus)                 # every entity has one passage
+    for tasks in (train, test):
+        for task in tasks:
+            assert _answer_from_corpus(task.question, facts) == task.answer
+            assert task.grader == ("numeric" if task.answer.isdigit() else "f1")
+            # One world per seed: both splits search the same corpus, shared as one object.
+            assert task.corpus is tasks[0].corpus and task.corpus_id == "lookup-seed1"
+    assert train[0].corpus == test[0].corpus
+
+
+def test_lookup_has_distractors():
+    """Breaks: the need for exact multi-hop queries: every company shares its name stem with
+    another company and every founder shares a surname with another person."""
+    corpus = make_lookup("test", 1, seed=0)[0].corpus
+    facts = _facts(corpus)
+    companies = [title for title, text in facts.items() if " was founded in " in text]
+    people = [title for title, text in facts.items() if " was born in " in text]
+    stems = [name.split()[0] for name in companies]
+    surnames = [name.split()[1] for name in people]
+    assert all(stems.count(stem) == 2 for stem in stems)
+    assert all(surnames.count(surname) == 2 for surname in surnames)
+
+
+def test_lookup_hops_surface_their_checkpoint():
+    """Breaks: the reference solutions and the reference teacher's lookup checkpoints: each
+    search, run on a BM25 index of the corpus, must show the fact the next hop needs in its top 3
+    (here even top 1), within the CPU preset's 400-character observation budget."""
+    for seed in (0, 3):
+        tasks = make_lookup("train", 60, seed) + make_lookup("test", 40, seed)
+        corpus = list(tasks[0].corpus)
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(corpus, show_progress=False), show_progress=False)
+        for task in tasks:
+            plan, *actions = task.solution
+            assert plan.code == "" and 3 <= len(task.solution) <= 5
+            assert actions[-1].code == f'final_answer("{task.answer}")'
+            for step in actions[:-1]:
+                query = re.fullmatch(r'print\(search\("(.+)"\)\)', step.code)[1]
+                docs, _ = retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=3,
+                                             show_progress=False)
+                top3 = [corpus[i] for i in docs[0]]
+                assert step.checkpoints[0] in top3[0], (task.question, query)
+                assert sum(len(p) + 5 for p in top3) <= 400
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference solutions run: every one reaches its answer in the project's sandbox
+# ---------------------------------------------------------------------------------------------------
+
+def test_reference_solutions_reach_their_answers():
+    """Breaks: phase 0 (BC) and the reference teacher, which replay these solutions: each step must
+    run without error in the sandbox, print exactly its checkpoints (arith) or show its fact
+    (lookup), and the final answer must grade correct."""
+    from tools import Sandbox, SearchIndex
+
+    lookup = make_lookup("train", 25, seed=0) + make_lookup("test", 25, seed=0)
+    arith = make_arith("train", 25, seed=0) + make_arith("test", 25, seed=0)
+    index = SearchIndex(lookup[0].corpus)      # one index per corpus, as the agent loop builds it
+    for task in arith + lookup:
+        # The CPU preset's 400-character observation budget: the facts must survive it.
+        with Sandbox(corpus=index if task.corpus else None, timeout_s=10,
+                     max_output_chars=400) as sandbox:
+            for step in task.solution[1:]:
+                result = sandbox.run(step.code)
+                assert not result.error, (task.id, step.code, result.error)
+                if task.task_set == "arith":
+                    assert result.text.split() == list(step.checkpoints), (task.id, result.text)
+                else:
+                    assert all(c in result.text for c in step.checkpoints), (task.id, result.text)
+            assert is_correct(task.grader, result.answer, task.answer), (task.id, result.answer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's benchmarks: converters on stand-in rows with the real schemas, offline errors
+# ---------------------------------------------------------------------------------------------------
+
+# Stand-in rows (invented text) with each dataset's real field names and nesting.
+_ROWS = {
+    "gsm8k": [{"question": "A farm packs 30 boxes of 40 eggs. How many eggs is that?",
+               "answer": "30 * 40 = <<30*40=1200>>1200 eggs.\n#### 1,200"}],
+    "math500": [{"problem": "Compute $\\frac{7}{3} \\cdot 2$.", "solution": "It is $\\boxed{\\frac{14}{3}}$.",
+                 "answer": "\\frac{14}{3}", "subject": "Algebra", "level": 1,
+                 "unique_id": "test/algebra/1.json"}],
+    "aime24": [{"id": 60, "problem": "Find n.", "solution": "So n = 204.", "answer": "204",
+                "url": "https://example.org/aime", "year": "2024"}],
+    "aime25": [{"problem_idx": 1, "problem": "Find m.", "answer": 70,
+                "problem_type": ["Number Theory"]}],
+    "hotpotqa": [{"id": "5a8b", "question": "Were Alpha and Beta founded in the same year?",
+                  "answer": "yes", "type": "comparison", "level": "hard",
+                  "supporting_facts": {"title": ["Alpha", "Beta"], "sent_id": [0, 0]},
+                  "context": {"title": ["Alpha", "Beta"],
+                              "sentences": [["Alpha is a band.", " It formed in 1990."],
+                                            ["Beta formed in 1990."]]}}],
+    "2wiki": [{"_id": "a1b2", "type": "compositional", "question": "Who is the father of Gamma?",
+               "context": {"title": ["Gamma"], "content": [["Gamma is the son of Delta.", "He sings."]]},
+               "supporting_facts": {"title": ["Gamma"], "sent_id": [0]},
+               "evidences": {"fact": ["Gamma"], "relation": ["father"], "entity": ["Delta"]},
+               "answer": "Delta"}],
+    "musique": [{"id": "2hop__1_2", "question": "Where was the author of Epsilon born?",
+                 "paragraphs": [{"idx": 0, "title": "Epsilon", "paragraph_text": "Epsilon is by Zeta. ",
+                                 "is_supporting": True},
+                                {"idx": 1, "title": "Zeta", "paragraph_text": "Zeta was born in Eta.",
+                                 "is_supporting": True}],
+                 "question_decomposition": [{"id": 1, "question": "author of Epsilon",
+                                             "answer": "Zeta", "paragraph_support_idx": 0}],
+                 "answer": "Eta", "answer_aliases": ["Eta City"], "answerable": True}],
+    "bamboogle": [{"Question": "Who founded Theta?", "Answer": "Iota"}],
+}
+
+
+def test_convert_math_rows():
+    """Breaks: GSM8K / MATH500 / AIME loading: answer extraction ("#### 1,200" -> "1200"), graders,
+    worked solutions for --teacher-sees solution, and ids that do not collide."""
+    (gsm,) = _convert("gsm8k", _ROWS["gsm8k"])
+    assert gsm.answer == "1200" and gsm.grader == "numeric"
+    assert gsm.solution_text == "30 * 40 = 1200 eggs." and gsm.id.startswith("gsm8k-")
+    # A repeated question keeps a unique id (ids key records and resumed runs).
+    twice = _convert("gsm8k", _ROWS["gsm8k"] * 2)
+    assert twice[0].id == gsm.id and twice[1].id == gsm.id + "-2"
+    (math500,) = _convert("math500", _ROWS["math500"])
+    assert (math500.id, math500.answer, math500.grader) == (
+        "math500-test/algebra/1.json", "\\frac{14}{3}", "math")
+    assert math500.solution_text == "It is $\\boxed{\\frac{14}{3}}$." and math500.corpus is None
+    (aime24,) = _convert("aime24", _ROWS["aime24"])
+    assert (aime24.id, aime24.answer, aime24.solution_text) == ("aime24-60", "204", "So n = 204.")
+    (aime25,) = _convert("aime25", _ROWS["aime25"])
+    assert (aime25.id, aime25.answer, aime25.grader, aime25.solution_text) == (
+        "aime25-1", "70", "math", None)
+
+
+def test_convert_multihop_rows():
+    """Breaks: the offline multi-hop setting (METHOD.md section 4): each question searches its
+    own context paragraphs as "Title: sentences", keyed by the task id; Bamboogle has none."""
+    (hotpot,) = _convert("hotpotqa", _ROWS["hotpotqa"])
+    assert hotpot.corpus == ("Alpha: Alpha is a band. It formed in 1990.", "Beta: Beta formed in 1990.")
+    assert (hotpot.id, hotpot.corpus_id, hotpot.answer, hotpot.grader) == (
+        "hotpotqa-5a8b", "hotpotqa-5a8b", "yes", "f1")
+    (wiki,) = _convert("2wiki", _ROWS["2wiki"])
+    assert wiki.corpus == ("Gamma: Gamma is the son of Delta. He sings.",) and wiki.answer == "Delta"
+    (musique,) = _convert("musique", _ROWS["musique"])
+    assert musique.corpus == ("Epsilon: Epsilon is by Zeta.", "Zeta: Zeta was born in Eta.")
+    assert musique.id == musique.corpus_id == "musique-2hop__1_2"
+    (bamboogle,) = _convert("bamboogle", _ROWS["bamboogle"])
+    assert (bamboogle.answer, bamboogle.corpus, bamboogle.corpus_id) == ("Iota", None, None)
+    # The original HotpotQA JSON stores context as [[title, [sentences]], ...]: same passages.
+    original = dict(_ROWS["hotpotqa"][0], context=[["Alpha", ["Alpha is a band.", " It formed in 1990."]],
+                                                    ["Beta", ["Beta formed in 1990."]]])
+    assert _convert("hotpotqa", [original])[0].corpus == hotpot.corpus
+
+
+def test_every_paper_set_has_a_source_and_a_stand_in():
+    """Breaks: a name in TASK_SETS that load_tasks cannot route anywhere."""
+    assert set(TASK_SETS) == {"arith", "lookup"} | set(PAPER_SETS) == {"arith", "lookup"} | set(_ROWS)
+
+
+def test_load_paper_set_shuffles_and_cuts(monkeypatch):
+    """Breaks: load_tasks' contract for loaded sets: shuffled by the seed, then the first n."""
+    rows = [dict(_ROWS["bamboogle"][0], Question=f"Question {i}?") for i in range(20)]
+    monkeypatch.setattr(tasks_module, "_fetch", lambda name, split: rows)
+    first, again = load_tasks("bamboogle", "test", 5, seed=0), load_tasks("bamboogle", "test", 5, seed=0)
+    assert first == again and len(first) == 5
+    assert [t.question for t in first] != [f"Question {i}?" for i in range(5)]
+    assert load_tasks("bamboogle", "test", 5, seed=1) != first
+
+
+def test_paper_sets_offline_give_one_line(monkeypatch):
+    """Breaks: DESIGN.md's promise that a user error ends with one clear line, not a traceback:
+    offline (no hub), `datasets` must not leak a connection error."""
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    for name in PAPER_SETS:
+        with pytest.raises(TaskError) as caught:
+            load_tasks(name, "test", 3)
+        message = str(caught.value)
+        assert "\n" not in message and "unreachable" in message and "JSONL" in message
+        assert PAPER_SETS[name].hf_id in message
+    with pytest.raises(TaskError, match="no train split"):
+        load_tasks("math500", "train")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local JSONL files and user errors
+# ---------------------------------------------------------------------------------------------------
+
+def test_local_jsonl(tmp_path):
+    """Breaks: running the loop on one's own tasks: default graders, per-question corpora and the
+    optional split field."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        '{"id": "q1", "question": "6 x 7?", "answer": 42}\n'
+        '\n'
+        '{"id": "q2", "question": "Capital of France?", "answer": "Paris", "corpus": ["France: Paris."]}\n'
+        '{"id": "q3", "question": "Half of 1?", "answer": "\\\\frac{1}{2}", "grader": "math"}\n'
+        '{"id": "q4", "question": "Held out?", "answer": "yes", "split": "test"}\n')
+    train = {t.id: t for t in load_tasks(str(path), "train")}
+    assert set(train) == {"q1", "q2", "q3"}
+    assert (train["q1"].answer, train["q1"].grader, train["q1"].task_set) == ("42", "numeric", "mine")
+    assert train["q2"].grader == "f1" and train["q2"].corpus == ("France: Paris.",)
+    assert train["q2"].corpus_id == "q2" and train["q1"].corpus is None
+    assert train["q3"].grader == "math" and train["q3"].answer == "\\frac{1}{2}"
+    assert {t.id for t in load_tasks(str(path), "test")} == {"q1", "q2", "q3", "q4"}
+    assert len(load_tasks(str(path), "train", n=2, seed=4)) == 2
+
+
+@pytest.mark.parametrize("bad_line, expected", [
+    ('{"id": "q2", "question": "oops", "answer": }', r"mine\.jsonl:3: not valid JSON"),
+    ('{"id": "q2", "question": "no answer"}', r"mine\.jsonl:3: missing field 'answer'"),
+    ('{"id": "q1", "question": "again", "answer": "1"}', r"mine\.jsonl:3: duplicate id"),
+    ('{"id": "q2", "question": "?", "answer": "1", "grader": "fuzzy"}', r"mine\.jsonl:3: unknown grader"),
+    ('["id", "question", "answer"]', r"mine\.jsonl:3: expected a JSON object"),
+    ('{"id": "q2", "question": "?", "answer": "1", "corpus": "one passage"}', r"mine\.jsonl:3: corpus"),
+])
+def test_malformed_jsonl_names_its_line(tmp_path, bad_line, expected):
+    """Breaks: the one-line error that points a user at the broken line of their task file."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"id": "q1", "question": "a?", "answer": "1"}\n\n' + bad_line + "\n")
+    with pytest.raises(TaskError, match=expected) as caught:
+        load_tasks(str(path), "train")
+    assert "\n" not in str(caught.value)
+
+
+def test_user_errors_are_one_line():
+    """Breaks: clear errors for a misspelt set, a bad split, a missing file and an oversized n."""
+    cases = [(("arithmetic", "test"), "unknown task set 'arithmetic'"),
+             (("arith", "dev"), "unknown split 'dev'"),
+             (("missing.jsonl", "test"), "does not exist"),
+             (("lookup", "test", 10_000), "has .* test tasks, 10000 asked")]
+    for args, expected in cases:
+        with pytest.raises(TaskError, match=expected) as caught:
+            load_tasks(*args)
+        assert "\n" not in str(caught.value)
+    assert isinstance(TaskError("x"), ValueError)
+
+
+def test_task_records_are_frozen():
+    """Breaks: sharing one Task (and its corpus tuple) between episodes and threads safely."""
+    task = make_arith("test", 1)[0]
+    assert isinstance(task, Task)
+    with pytest.raises(AttributeError):
+        task.answer = "0"

@@ -1,0 +1,823 @@
+"""The agent's tools: a sandboxed, persistent Python interpreter with `search` and `final_answer`.
+
+SCoRe's agent acts by writing Python (METHOD.md section 2). Each step's code runs in the same
+interpreter, so variables, imports and functions persist across the steps of an episode; what the
+code prints (stdout and stderr) becomes the next observation, and an exception becomes
+`Error: <Type>: <message>`. Inside the interpreter two tools exist:
+
+    search(query, k=3) -> str   top-k passages of the task's corpus (BM25), served by the host
+    final_answer(x)             records str(x) as the answer and ends the step
+
+The code comes from a small LLM, so it is untrusted: it may loop forever, eat memory, fork, kill
+its parent, or crash the interpreter. The host therefore never exec()s it. Each `Sandbox` owns one
+worker, started as `python tools.py --worker` in a session of its own, stdin /dev/null:
+
+    host --pipe: code to run, search results------------------------> W, the interpreter
+         <--pipe: search requests, "done" (error, answer)------------
+         <--pipe: W's fds 1 and 2 (all it prints, read with a bound)--
+    process tree, bwrap mode:   host -> bwrap -> bwrap's init (pid 1 of a new PID namespace) -> W
+    process tree, limits mode:  host -> S (a Python that only waits) -> W
+
+W's parent is never the host, so os.kill(os.getppid(), 9) cannot hit it. A step that times out or
+kills W is *fatal*: the host kills the whole tree, and the next `run` starts a fresh worker and
+replays the earlier non-fatal steps (METHOD.md, Replay), so the model finds its variables again.
+
+What protects what. The mode is picked by `probe_isolation()` at start-up:
+
+  both modes
+    - a wall-clock timeout per step, after which the host kills every process of the sandbox
+      (its session, and every descendant of the process the host started);
+    - rlimits that W sets on itself: address space (memory_mb), file size, no core files, CPU
+      seconds (timeout + 2 per step: a backstop should the host stop watching) and NO NEW
+      PROCESS OR THREAD (RLIMIT_NPROC at the current count of its uid's tasks);
+    - a fresh temporary work directory (cwd, HOME, TMPDIR) per worker, removed when it stops;
+    - an environment built from scratch: no host variable (API keys...) reaches the code;
+    - bounded output: past STEP_OUTPUT_LIMIT_CHARS characters the step raises OutputLimitError,
+      and the host keeps only the head and tail of what it reads;
+    - when the host is root, W becomes uid/gid 65534 (nobody) with no_new_privs before it runs any
+      code, while its parent stays root: root would ignore RLIMIT_NPROC and could signal
+      anything. If nobody cannot reach the Python installation (e.g. /root/.pyenv), W keeps one
+      capability, CAP_DAC_READ_SEARCH, to import its own stdlib: it can then READ any file.
+  "bwrap" (bubblewrap works here)
+    - no network, and its own PID, IPC and UTS namespaces: the host's processes are invisible;
+    - the whole filesystem read-only except the work directory; it dies with the host.
+    NOT protected: reading the files W's uid may read.
+  "limits" (no working bubblewrap: resource limits alone, with one warning per process)
+    NOT protected: the network; reading any file W's uid may read and writing those it owns. On a
+    non-root host W is the host's own user: it can signal or ptrace the host and read its
+    environment through /proc if it goes looking, and RLIMIT_NPROC loosens when other processes
+    of that user exit. A process that leaves both the session and the process tree escapes the
+    clean-up (W cannot fork, so only W itself could try).
+
+How each hostile step ends (both modes, unless said):
+    while True: pass                TimeoutError after timeout_s; fatal
+    a memory bomb                   MemoryError (RLIMIT_AS); W carries on
+    a fork bomb, subprocess.Popen   BlockingIOError (RLIMIT_NPROC); W carries on
+    os.kill(os.getppid(), 9)        PermissionError on a root host (the parent stays root); on a
+                                    non-root host it is harmless: bwrap's init is immune to
+                                    signals from inside its namespace, and S dies alone
+    sys.exit(), input()             SystemExit, EOFError (stdin is /dev/null); W carries on
+    os._exit(1), a C-level crash    InterpreterDied; fatal
+    printing 100 MB                 OutputLimitError; W carries on
+    deep recursion                  RecursionError (or, if the C stack overflows, InterpreterDied)
+    writing into the protocol pipe  SandboxProtocolError; fatal (a forged "done" is simply skipped)
+
+Run the tests with `python -m pytest tests/test_tools.py -q`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import io
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# PLUMBING: every number that bounds a step lives here.
+UNPRIVILEGED_ID = 65534                # uid and gid "nobody": the worker's identity when the host is root
+STEP_OUTPUT_LIMIT_CHARS = 1_000_000    # printing more than this in one step raises OutputLimitError
+HOST_OUTPUT_LIMIT_BYTES = 4 * STEP_OUTPUT_LIMIT_CHARS + 65536  # backstop for writes that bypass sys.stdout
+ANSWER_LIMIT_CHARS = 10_000            # final_answer(x) keeps at most this much of str(x)
+MESSAGE_LIMIT_BYTES = 1_000_000        # a protocol line longer than this is a broken protocol
+START_TIMEOUT_S = 30.0                 # a worker not ready by then is a setup problem, not the model's
+CODE_FILENAME = "<code>"               # the file name of the model's code (it shows in SyntaxErrors)
+ELISION_MARKER = "\n...[{} characters elided]...\n"
+NO_CORPUS_MESSAGE = "search() is not available: this task has no search corpus."
+RESTORED = "the next step sees the state of the earlier steps"
+
+
+@dataclass
+class ToolResult:
+    """What one step of code produced, as the agent loop records it."""
+    text: str            # the observation: stdout+stderr, then "Error: <Type>: <message>" if it raised
+    error: bool          # the step raised, timed out, or killed the worker
+    answer: str | None   # str(x) of the argument of final_answer(x), or None
+    fatal: bool = False  # the step timed out or killed the worker: replay skips such steps (METHOD.md)
+    wall_s: float = 0.0  # wall-clock time of the step itself (not of restoring a dead worker)
+
+
+# ----------------------------------------------------------------------------------------------
+# search: one BM25 index in the host, shared by every Sandbox of a corpus
+# ----------------------------------------------------------------------------------------------
+
+class SearchIndex:
+    """BM25 over a list of passages (bm25s). Build it once per corpus and pass it to many Sandboxes:
+    the workers ask the host over their pipe, so no worker holds (or imports) an index of its own."""
+
+    def __init__(self, passages: Sequence[str]):
+        import bm25s  # imported here, not at the top: the worker process never needs it
+        from bm25s.tokenization import Tokenizer
+
+        self.passages = [str(passage) for passage in passages]
+        self._tokenizer = Tokenizer(stopwords="en")  # lowercase words of 2+ characters, no English stopwords
+        self._retriever = bm25s.BM25()
+        if self.passages:
+            corpus_ids = self._tokenizer.tokenize(self.passages, show_progress=False)
+            self._retriever.index(corpus_ids, show_progress=False)
+
+    def search(self, query: str, k: int = 3) -> str:
+        """The top-k passages for `query`, numbered "[1] ...", or a sentence saying nothing matched."""
+        if not self.passages:
+            return "The search corpus is empty."
+        k = max(1, min(int(k), len(self.passages)))
+        # update_vocab=False: words the corpus never contains cannot match, so they map to nothing.
+        query_ids = self._tokenizer.tokenize([str(query)], update_vocab=False, show_progress=False)
+        documents, scores = self._retriever.retrieve(query_ids, k=k, show_progress=False)
+        # A BM25 score of 0 means no query word occurs in the passage: that is not a hit.
+        hits = [int(doc) for doc, score in zip(documents[0], scores[0]) if score > 0]
+        if not hits:
+            return f"No passage matches the query {str(query)!r}."
+        return "\n".join(f"[{rank}] {self.passages[doc]}" for rank, doc in enumerate(hits, start=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# isolation: bubblewrap, and who may read the Python installation
+# ----------------------------------------------------------------------------------------------
+
+def _others_can_use(path: str) -> bool:
+    """True when a user with no rights of its own (uid 65534) can reach and read `path`."""
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
+    while True:  # every directory on the way must be searchable by "others"
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return False
+        if directory == "/":
+            break
+        directory = os.path.dirname(directory)
+    return bool(os.stat(path).st_mode & stat.S_IROTH)
+
+
+def _bwrap_command(workdir: str) -> list[str]:
+    """The argv prefix that runs a command inside bubblewrap, with `workdir` as its only writable place."""
+    command = [shutil.which("bwrap") or "bwrap",
+               "--ro-bind", "/", "/",                  # the whole filesystem, read-only...
+               "--bind", workdir, workdir,             # ...except the work directory
+               "--dev", "/dev", "--proc", "/proc",     # a minimal /dev; a /proc of the new PID namespace
+               "--chdir", workdir,
+               "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+               "--die-with-parent"]                    # the sandbox dies if the host dies
+    # bwrap's --new-session is not needed: the host starts the sandbox in a new session of its own,
+    # without a controlling terminal, so the terminal-injection attack it guards against has no
+    # terminal to aim at (and one session keeps the whole tree findable by the host).
+    if os.geteuid() != 0:
+        command.append("--unshare-user")  # unprivileged bwrap works inside a user namespace
+    return command
+
+
+@functools.lru_cache(maxsize=None)
+def probe_isolation() -> str:
+    """"bwrap" if bubblewrap can start this Python here, else "limits" (warns once per process)."""
+    reason = "bubblewrap (bwrap) is not installed"
+    if shutil.which("bwrap"):
+        workdir = tempfile.mkdtemp(prefix="score-probe-")
+        try:
+            probe = subprocess.run(_bwrap_command(workdir) + [sys.executable, "-S", "-c", "pass"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd=workdir)
+            if probe.returncode == 0:
+                return "bwrap"
+            reason = f"bwrap failed: {probe.stderr.decode(errors='replace').strip()[:300]}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reason = f"bwrap failed: {exc}"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    warnings.warn(f"tools.Sandbox: {reason}; falling back to resource limits only. Model code can then "
+                  "reach the network and read (and, where its uid may, write) files; see tools.py's "
+                  "docstring.", RuntimeWarning, stacklevel=2)
+    return "limits"
+
+
+# ----------------------------------------------------------------------------------------------
+# the Sandbox (host side). Everything in this file is PLUMBING except the replay rule (METHOD).
+# ----------------------------------------------------------------------------------------------
+
+class Sandbox:
+    """A persistent Python interpreter for one episode, in its own sandboxed process tree."""
+
+    def __init__(self, corpus: Sequence[str] | SearchIndex | None = None, timeout_s: float = 10.0,
+                 max_output_chars: int = 2000, memory_mb: int = 1024, isolation: str = "auto"):
+        if isolation not in ("auto", "bwrap", "limits"):
+            raise ValueError(f"isolation must be 'auto', 'bwrap' or 'limits', not {isolation!r}")
+        if isolation == "bwrap" and probe_isolation() != "bwrap":
+            raise RuntimeError("isolation='bwrap' was asked for, but bubblewrap does not work here "
+                               "(install it with `apt-get install bubblewrap`, or use isolation='auto')")
+        self._mode = probe_isolation() if isolation == "auto" else isolation
+        # A list of passages gets an index of its own; pass a SearchIndex to share one.
+        self._index = corpus if corpus is None or isinstance(corpus, SearchIndex) else SearchIndex(corpus)
+        self.timeout_s = timeout_s
+        self.max_output_chars = max_output_chars
+        self.memory_mb = memory_mb
+        self._history: list[str] = []      # the code of every non-fatal step, in order: what replay runs
+        self._worker: _Worker | None = None  # started lazily, restarted lazily after a fatal step
+        self._closed = False
+
+    @property
+    def mode(self) -> str:
+        """"bwrap" or "limits": how this sandbox is isolated (see the module docstring)."""
+        return self._mode
+
+    @property
+    def session_id(self) -> int | None:
+        """The session id shared by the worker's processes (None while no worker runs)."""
+        return self._worker.process.pid if self._worker else None
+
+    def run(self, code: str) -> ToolResult:
+        """Run one step of model code in the persistent interpreter and return its observation."""
+        if self._closed:
+            raise RuntimeError("this Sandbox is closed")
+        while self._worker is None:  # each pass drops a step that is fatal this time, so it ends
+            self._restore()
+        try:
+            result = self._worker.step(code, self._search, self.max_output_chars)
+        except BaseException:  # Ctrl-C or a host bug mid-step: the worker's state is unknown, drop it
+            self._stop_worker()
+            raise
+        # METHOD (METHOD.md, Replay): a fatal step is never replayed; every other step is, errors and all.
+        if result.fatal:
+            self._worker.stop()  # already dead or killed; this reaps it and removes its work directory
+            self._worker = None  # the next run() restarts it and replays self._history
+        else:
+            self._history.append(code)
+        return result
+
+    def replay(self, codes: Sequence[str]) -> None:
+        """Rebuild the interpreter: a fresh one runs each code in order, ignoring errors (METHOD.md).
+
+        A failing step keeps what it set before failing, as it did the first time. Callers pass only
+        steps that were not fatal; a step that turns out fatal now is skipped from then on."""
+        self._stop_worker()
+        self._history = []
+        for code in codes:  # METHOD: same code, same order, errors ignored (the results are dropped)
+            self.run(code)
+
+    def close(self) -> None:
+        """Kill every process of the sandbox and remove its work directory. Safe to call twice."""
+        self._stop_worker()
+        self._closed = True
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _restore(self) -> None:
+        """Start a worker and replay the history into it (lazily, at the first step after a death)."""
+        self._worker = _Worker(self._mode, self.timeout_s, self.memory_mb)
+        codes, self._history = self._history, []
+        for code in codes:
+            self.run(code)  # fatal this time (nondeterminism): it drops out and the rest carries on
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    def _search(self, query: str, k: int) -> str:
+        return NO_CORPUS_MESSAGE if self._index is None else self._index.search(query, k)
+
+
+class _OutputCapture:
+    """The bytes a step printed, kept bounded: the first and last `keep_bytes`, and a count of the rest."""
+
+    # UTF-8 continuation bytes (0x80-0xBF) do not start a character: deleting them from a chunk and
+    # taking its length counts the characters in it, in one fast C pass.
+    CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+
+    def __init__(self, keep_bytes: int):
+        self.keep_bytes = keep_bytes
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.hidden_chars = 0   # characters dropped between head and tail
+        self.total_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total_bytes += len(data)
+        room = self.keep_bytes - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        overflow = len(self.tail) - self.keep_bytes
+        if overflow > 0:
+            self.hidden_chars += len(bytes(self.tail[:overflow]).translate(None, self.CONTINUATION_BYTES))
+            del self.tail[:overflow]
+
+    def text(self, limit: int) -> str:
+        if not self.hidden_chars:  # nothing dropped: decode in one piece so no character is split
+            return _elide_middle((self.head + self.tail).decode("utf-8", "replace"), "", 0, limit)
+        # A character cut at either edge of the dropped bytes decodes as U+FFFD: close enough here.
+        return _elide_middle(self.head.decode("utf-8", "replace"), self.tail.decode("utf-8", "replace"),
+                             self.hidden_chars, limit)
+
+
+def _elide_middle(head: str, tail: str, hidden: int, limit: int) -> str:
+    """head + [hidden characters] + tail, cut to at most `limit` characters by eliding the middle."""
+    total = len(head) + hidden + len(tail)
+    if total <= limit:
+        return head + tail
+    visible = head + tail
+    if limit < len(ELISION_MARKER.format(total)):  # a budget too small for the marker: plain cut
+        return visible[:limit]
+    keep = limit - len(ELISION_MARKER.format(total))  # the marker counts against the budget
+    keep_head, keep_tail = (keep + 1) // 2, keep // 2
+    end = visible[len(visible) - keep_tail:] if keep_tail else ""
+    return visible[:keep_head] + ELISION_MARKER.format(total - keep_head - keep_tail) + end
+
+
+def _sandbox_processes(leader: int) -> list[int]:
+    """Live processes of a sandbox: those in the leader's session or below it in the process tree.
+
+    The leader itself is left out: once its child dies it reaps it and exits by itself, so no
+    zombie is left for init to collect."""
+    parents, sessions = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()  # the command name may contain spaces
+        except (OSError, IndexError):
+            continue  # it exited while we looked
+        if fields[0] not in "ZX":  # state: a zombie is already dead
+            parents[int(name)], sessions[int(name)] = int(fields[1]), int(fields[3])
+
+    def below_leader(pid: int) -> bool:
+        for _ in range(64):  # a process tree deeper than this is not one the sandbox can build
+            pid = parents.get(pid, 0)
+            if pid == leader:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return [pid for pid in parents if pid != leader and (sessions[pid] == leader or below_leader(pid))]
+
+
+def _kill_all_but(leader: int, patience_s: float = 2.0) -> None:
+    """SIGKILL every live process of the sandbox but its leader, until none is left."""
+    end = time.monotonic() + patience_s
+    while (victims := _sandbox_processes(leader)) and time.monotonic() < end:
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # it is already gone
+        time.sleep(0.005)  # let the kernel finish them before looking again
+
+
+def _error_line(error: dict | None) -> str | None:
+    """The observation's last line for an exception W reported: "Error: <Type>: <message> (at line ...)"."""
+    if error is None:
+        return None
+    line = f"Error: {str(error['type'])}" + (f": {error['message']}" if error["message"] else "")
+    return line + (f" (at {error['where']})" if error["where"] else "")
+
+
+def _describe_exit(returncode: int | None) -> str:
+    """How a worker ended, in words, from the exit status of the process the host started."""
+    if returncode is None:
+        return "stopped responding and was killed"
+    # Python reports a signal as -N; bwrap and the supervisor pass on a signalled child as 128 + N.
+    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if not number:
+        return f"exited with status {returncode}"
+    try:
+        return f"was killed by signal {number} ({signal.strsignal(number)})"
+    except ValueError:
+        return f"exited with status {returncode}"
+
+
+class _Worker:
+    """One running interpreter as the host sees it: the processes, the three pipes, the work dir."""
+
+    def __init__(self, mode: str, timeout_s: float, memory_mb: int):
+        self.timeout_s = timeout_s
+        self.workdir = tempfile.mkdtemp(prefix="score-sandbox-")
+        if os.geteuid() == 0:
+            os.chown(self.workdir, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+        to_worker_r, self.to_worker = os.pipe()      # host -> W: code to run, search results
+        self.from_worker, from_worker_w = os.pipe()  # W -> host: search requests, "done"
+        self.output, output_w = os.pipe()            # W's fds 1 and 2: everything it prints
+        # As root, W becomes nobody; if nobody cannot read the Python installation (e.g. it lives in
+        # /root/.pyenv), W keeps the right to read files, or it could not import its own stdlib.
+        python_files = [sys.executable, os.path.dirname(os.__file__), os.path.abspath(__file__)]
+        # W starts with -S: no site processing, which can cost more than all the rest of the start-up
+        # when .pth files import things. It gets the host's resolved sys.path instead, so the same
+        # packages import, minus the project's own directory (no `import tools` from model code).
+        project_dir = os.path.dirname(os.path.abspath(__file__))
+        search_path = [path for path in sys.path
+                       if os.path.isabs(path) and os.path.realpath(path) != project_dir]
+        config = {"read_fd": to_worker_r, "write_fd": from_worker_w, "timeout_s": timeout_s,
+                  "memory_mb": memory_mb, "supervise": mode == "limits", "sys_path": search_path,
+                  "keep_read_access": not all(_others_can_use(path) for path in python_files)}
+        env = {  # built from scratch: no host variable (API keys, tokens) reaches the model's code
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.workdir, "TMPDIR": self.workdir,
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": "0",  # set and dict order of strings is then the same on replay
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # no threads allowed
+        }
+        command = [sys.executable, "-S", "-B", os.path.abspath(__file__), "--worker", json.dumps(config)]
+        if mode == "bwrap":
+            command = _bwrap_command(self.workdir) + command
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
+            pass_fds=(to_worker_r, from_worker_w), cwd=self.workdir, env=env,
+            start_new_session=True)  # its own session: the host can find and kill the whole tree
+        for fd in (to_worker_r, from_worker_w, output_w):
+            os.close(fd)  # only the worker holds these ends now, so its death closes the pipes
+        os.set_blocking(self.output, False)
+        os.set_blocking(self.to_worker, False)  # writes wait in select(), under a deadline
+        self.inbox = bytearray()  # bytes received from W that do not yet form a whole line
+        self.steps_sent = 0       # W echoes each step's number in its "done": a stale one is skipped
+        self.output_open = True   # False once every writer of the output pipe has gone
+        self.stopped = False
+        startup = _OutputCapture(4000)
+        try:
+            ready = self._receive(time.monotonic() + START_TIMEOUT_S, startup)
+        except (TimeoutError, EOFError, OverflowError, ValueError) as exc:
+            ready = exc
+        if ready != {"op": "ready"}:
+            self.stop()
+            raise RuntimeError(f"the sandbox worker ({mode} mode) did not start ({ready!r}); it printed: "
+                               f"{startup.text(4000).strip() or '(nothing)'}")
+
+    def step(self, code: str, search: Callable[[str, int], str], max_output_chars: int) -> ToolResult:
+        """Send one step to W, serve its search calls, and collect its output until it is done."""
+        capture = _OutputCapture(keep_bytes=4 * max_output_chars)  # 4 bytes per character at most
+        start = time.monotonic()
+        deadline = start + self.timeout_s
+        error_line, answer, fatal, died = None, None, False, False
+        leader_gone = self.process.poll() is not None  # then its exit status says nothing about W
+        self.steps_sent += 1
+        try:
+            self._send({"op": "run", "code": code, "step": self.steps_sent}, deadline)
+            while True:
+                message = self._receive(deadline, capture)
+                if message.get("op") == "search":
+                    query, k = str(message.get("query"))[:2000], int(message.get("k", 3))
+                    try:
+                        reply = search(query, k)
+                    except Exception:  # a host-side bug: stop the worker, then let the caller see it
+                        self.stop()
+                        raise
+                    self._send({"op": "search_result", "text": reply}, deadline)
+                elif message.get("op") != "done":
+                    raise ValueError(f"unexpected message {str(message)[:80]}")
+                elif message.get("step") == self.steps_sent:
+                    break
+                # else: the "done" of an earlier step, left behind when the code forged one itself
+            answer, error_line = message.get("answer"), _error_line(message.get("error"))
+        except TimeoutError:
+            fatal, error_line = True, (f"Error: TimeoutError: the step did not finish within "
+                                       f"{self.timeout_s:g} s and was stopped; {RESTORED}")
+        except OverflowError:
+            fatal, error_line = True, (f"Error: OutputLimitError: the step wrote more than "
+                                       f"{HOST_OUTPUT_LIMIT_BYTES} bytes and was stopped; {RESTORED}")
+        except (EOFError, BrokenPipeError):
+            fatal, died = True, True
+        except (ValueError, KeyError, TypeError, AttributeError):  # the code wrote into the protocol pipe
+            fatal, error_line = True, (f"Error: SandboxProtocolError: the code wrote into the sandbox's "
+                                       f"private pipe and the interpreter was stopped; {RESTORED}")
+        self._drain(capture)  # output written before the end (or the crash) is still in the pipe
+        if fatal:
+            # A dead worker gets a moment to exit by itself, so that its exit status is W's own.
+            self.stop(grace_s=1.0 if died else 0.0)
+        if died:
+            how = "died" if leader_gone else _describe_exit(self.process.returncode)
+            error_line = f"Error: InterpreterDied: the Python process {how}; {RESTORED}"
+        if error_line is None:
+            text = capture.text(max_output_chars)
+        else:  # the error line gets at least half the budget, so "Error: <Type>" always survives
+            output = capture.text(max_output_chars // 2)
+            error_text = _elide_middle(error_line, "", 0, max(max_output_chars - len(output) - 1, 1))
+            output = capture.text(max(max_output_chars - len(error_text) - 1, 0))
+            text = output + ("\n" if output and not output.endswith("\n") else "") + error_text
+        answer = None if answer is None else str(answer)[:ANSWER_LIMIT_CHARS]
+        return ToolResult(text=text, error=error_line is not None, answer=answer, fatal=fatal,
+                          wall_s=time.monotonic() - start)
+
+    def _send(self, message: dict, deadline: float) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if select.select([], [self.to_worker], [], remaining)[1]:
+                data = data[os.write(self.to_worker, data):]
+
+    def _receive(self, deadline: float, capture: _OutputCapture) -> dict:
+        """The next protocol message from W, reading its output meanwhile. Raises TimeoutError at the
+        deadline, EOFError if W died, OverflowError on an output flood, ValueError on garbage."""
+        while b"\n" not in self.inbox:
+            if len(self.inbox) > MESSAGE_LIMIT_BYTES:
+                raise ValueError("protocol line too long")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            # Only W holds the write end of its pipe, so EOF there means W is dead. (The process the
+            # host started may die alone, harmlessly: os.kill(os.getppid(), 9) in limits mode.)
+            watched = [self.from_worker] + ([self.output] if self.output_open else [])
+            readable = select.select(watched, [], [], remaining)[0]
+            if self.output in readable:
+                self._drain(capture)
+                if capture.total_bytes > HOST_OUTPUT_LIMIT_BYTES:
+                    raise OverflowError
+            if self.from_worker in readable:
+                chunk = os.read(self.from_worker, 65536)
+                if not chunk:
+                    raise EOFError
+                self.inbox += chunk
+        line, _, rest = bytes(self.inbox).partition(b"\n")
+        self.inbox = bytearray(rest)
+        message = json.loads(line)  # json.JSONDecodeError is a ValueError
+        if not isinstance(message, dict):
+            raise ValueError("protocol message is not an object")
+        return message
+
+    def _drain(self, capture: _OutputCapture) -> None:
+        """Read whatever output is waiting, without blocking."""
+        while self.output_open and capture.total_bytes <= HOST_OUTPUT_LIMIT_BYTES:
+            try:
+                chunk = os.read(self.output, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.output_open = False
+                return
+            capture.feed(chunk)
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Kill the whole tree, reap it, close the pipes and remove the work directory (idempotent).
+
+        With grace_s > 0, closing W's input first lets an idle W exit on its own; then every process
+        of the sandbox except the leader is killed, and the leader (S, or bwrap) exits after it."""
+        if self.stopped:
+            return
+        self.stopped = True
+        os.close(self.to_worker)  # EOF: an idle W exits, S reaps it and exits too
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_all_but(self.process.pid)
+        try:  # the leader (S, or bwrap) reaps its child and exits by itself; if not, kill it too
+            self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        _kill_all_but(self.process.pid)  # anything still in the session now (orphans) goes too
+        for fd in (self.from_worker, self.output):
+            os.close(fd)
+        # The code may have made files or directories unwritable; give them back before removing.
+        for root, directories, _ in os.walk(self.workdir):
+            for name in directories:
+                try:
+                    os.chmod(os.path.join(root, name), 0o700)
+                except OSError:
+                    pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the worker side: everything below runs in the sandboxed processes, never in the host
+# ----------------------------------------------------------------------------------------------
+
+class OutputLimitError(Exception):
+    """Raised inside the interpreter when one step prints more than STEP_OUTPUT_LIMIT_CHARS."""
+
+
+class _FinalAnswer(BaseException):
+    """Raised by final_answer() to end the step (BaseException, so `except Exception` lets it pass)."""
+
+
+@dataclass
+class _OutputBudget:
+    remaining: int = STEP_OUTPUT_LIMIT_CHARS  # shared by stdout and stderr, reset at every step
+
+
+class _LimitedTextStream(io.TextIOWrapper):
+    """sys.stdout / sys.stderr of the interpreter: line-buffered text on fd 1 or 2, with a budget."""
+
+    def __init__(self, fd: int, budget: _OutputBudget):
+        super().__init__(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), encoding="utf-8",
+                         errors="backslashreplace", line_buffering=True)
+        self.budget = budget
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str) or len(text) <= self.budget.remaining:
+            self.budget.remaining -= len(text) if isinstance(text, str) else 0
+            return super().write(text)
+        super().write(text[: self.budget.remaining])  # show what fits, then stop the step
+        self.budget.remaining = 0
+        raise OutputLimitError(f"the step printed more than {STEP_OUTPUT_LIMIT_CHARS} characters; "
+                               f"print less (a summary, or a slice)")
+
+
+def _count_my_tasks() -> int:
+    """Processes and threads of this uid that /proc shows: what RLIMIT_NPROC counts.
+
+    An undercount (a pid namespace hides the host's processes) only makes the limit stricter."""
+    uid, total = os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    with open(f"/proc/{name}/stat") as file:
+                        fields = file.read().rsplit(")", 1)[1].split()
+                    # Zombies still count for the kernel until they are reaped; leaving them out
+                    # keeps the limit below the kernel's count even after they go.
+                    total += 0 if fields[0] in "ZX" else int(fields[17])  # field 20: num_threads
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def _lower_limit(kind: int, value: int) -> None:
+    """Set soft = hard = value, never above the current hard limit (only root may raise it)."""
+    hard = resource.getrlimit(kind)[1]
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(kind, (value, value))
+
+
+def _drop_privileges(keep_read_access: bool) -> None:
+    """Root -> uid/gid 65534 for good, keeping at most CAP_DAC_READ_SEARCH (read any file, write none).
+
+    Done here, in W after the fork, rather than before Python starts: S (limits mode) and bwrap's
+    init (bwrap mode) stay root, so W cannot signal its own parent, and W becomes non-dumpable, so
+    other sandboxes running as nobody cannot ptrace it. Python's os module covers the uid change;
+    prctl and capset, which trim the capabilities, need libc through ctypes."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, CAP_DAC_READ_SEARCH = 8, 38, 2
+    LINUX_CAPABILITY_VERSION_3 = 0x20080522
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid program can hand root back
+    libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)      # keep the capabilities across setuid, to trim them below
+    os.setgroups([])
+    os.setresgid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    os.setresuid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID)  # real, effective and saved: no way back
+    keep = 1 << CAP_DAC_READ_SEARCH if keep_read_access else 0
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)  # version, pid 0 = this process
+    data = (ctypes.c_uint32 * 6)(keep, keep, 0, 0, 0, 0)  # (effective, permitted, inheritable) x 2 words
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+class _Interpreter:
+    """W: runs the model's code in one persistent namespace and talks to the host over two pipes."""
+
+    def __init__(self, config: dict):
+        if os.geteuid() == 0:  # root ignores RLIMIT_NPROC and may signal anything: become nobody
+            _drop_privileges(config["keep_read_access"])
+        self.pid = os.getpid()  # a forked child of the model's code must never speak for W
+        self.timeout_s = config["timeout_s"]
+        self.inbox = os.fdopen(config["read_fd"], "rb")
+        self.outbox = os.fdopen(config["write_fd"], "wb")
+        self.budget = _OutputBudget()
+        self.output_fd = os.dup(1)  # a spare end of the output pipe, should the code close fds 1 and 2
+        self.stdout = _LimitedTextStream(1, self.budget)
+        self.stderr = _LimitedTextStream(2, self.budget)
+        self.answer: str | None = None
+        sys.path[:] = config["sys_path"]  # the host's, see _Worker
+
+        def search(query: str, k: int = 3) -> str:
+            """Return the top-k passages of the task's corpus for `query`."""
+            self.send({"op": "search", "query": str(query), "k": int(k)})
+            line = self.inbox.readline()
+            if not line:  # the host is gone
+                os._exit(0)
+            return json.loads(line)["text"]
+
+        def final_answer(answer: object) -> None:
+            """Record str(answer) as the episode's answer and end this step."""
+            self.answer = str(answer)[:ANSWER_LIMIT_CHARS]
+            raise _FinalAnswer
+
+        # exit() and quit() normally come from `site`, which -S skips.
+        self.namespace = {"__name__": "__main__", "__builtins__": builtins, "exit": sys.exit,
+                          "quit": sys.exit, "search": search, "final_answer": final_answer}
+        mb = 1024 * 1024
+        _lower_limit(resource.RLIMIT_AS, config["memory_mb"] * mb)     # memory bombs get MemoryError
+        _lower_limit(resource.RLIMIT_FSIZE, config["memory_mb"] * mb)  # no file bigger than the memory
+        _lower_limit(resource.RLIMIT_CORE, 0)                           # a crash leaves no core file behind
+        _lower_limit(resource.RLIMIT_NOFILE, 256)
+        # No new process or thread: RLIMIT_NPROC counts this uid's tasks, so the limit is their
+        # number right now. Fork bombs and subprocess fail at once instead of filling the machine.
+        _lower_limit(resource.RLIMIT_NPROC, _count_my_tasks())
+
+    def send(self, message: dict) -> None:
+        self.outbox.write((json.dumps(message) + "\n").encode())
+        self.outbox.flush()
+
+    def serve(self) -> None:
+        self.send({"op": "ready"})
+        for line in self.inbox:  # ends when the host closes the pipe
+            request = json.loads(line)
+            if request.get("op") == "run":
+                self.send(self.run(request["code"]) | {"step": request["step"]})
+
+    def run(self, code: str) -> dict:
+        """Execute one step; the reply carries its error (type, message, where) and its answer."""
+        self.budget.remaining = STEP_OUTPUT_LIMIT_CHARS
+        self.answer, error = None, None
+        # The code of an earlier step may have replaced sys.stdout or closed fds 1 and 2: undo that.
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        for fd in (1, 2):
+            if fd != self.output_fd:
+                os.dup2(self.output_fd, fd)
+        # CPU backstop: the host's wall clock is the real limit; this one still holds if the host
+        # stops watching (the default action of SIGXCPU ends the process).
+        used_s = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system CPU so far
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        soft = int(used_s + self.timeout_s) + 2
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        compiled = None
+        try:
+            compiled = compile(code, CODE_FILENAME, "exec")
+            exec(compiled, self.namespace)
+        except _FinalAnswer:
+            pass
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt included: W carries on
+            error = _describe_error(exc, code, compiled)
+        finally:
+            for stream in (self.stdout, self.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            if os.getpid() != self.pid:  # a child that fork() let through: leave without a word
+                os._exit(0)
+        return {"op": "done", "error": error, "answer": self.answer}
+
+
+def _code_objects(code: types.CodeType) -> set[types.CodeType]:
+    """A step's code object and those of every function and class body written in it."""
+    found = {code}
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            found |= _code_objects(constant)
+    return found
+
+
+def _describe_error(exc: BaseException, code: str, compiled: types.CodeType | None) -> dict:
+    """Type, message and the line of THIS step's code that raised: never a frame of tools.py.
+
+    Frames are matched by code object, not file name: a function written in an earlier step also
+    lives in "<code>", and its line numbers refer to that step's source, not this one."""
+    try:
+        mine = _code_objects(compiled) if compiled is not None else set()
+        line_number = None
+        frame = exc.__traceback__
+        while frame is not None:  # a loop, not traceback.extract_tb: a RecursionError has 10**6 frames
+            if frame.tb_frame.f_code in mine:
+                line_number = frame.tb_lineno  # keep the innermost frame of this step's code
+            frame = frame.tb_next
+        where = None
+        lines = code.splitlines()
+        if line_number and line_number <= len(lines):
+            where = f"line {line_number}: {lines[line_number - 1].strip()[:200]}"
+        return {"type": type(exc).__name__, "message": str(exc)[:10_000], "where": where}
+    except BaseException:  # str(exc) may itself fail (a custom __str__, or no memory left)
+        return {"type": type(exc).__name__, "message": "", "where": None}
+
+
+def _worker_main(config: dict) -> None:
+    """Start W. In limits mode, first become S: fork W, wait for it, exit with its status.
+
+    S exists so that W's parent is never the host. When the host is root, S stays root and W
+    cannot signal it; otherwise os.kill(os.getppid(), 9) kills S, which harms nobody (W carries on
+    and the host finds W by its session). In bwrap mode W's parent is already bwrap's init, pid 1 of
+    the sandbox's PID namespace: root-owned when the host is root, and in any case immune to
+    signals sent from inside its namespace, so W runs directly under it."""
+    child = os.fork() if config["supervise"] else 0
+    if child == 0:
+        try:
+            _Interpreter(config).serve()
+        except BaseException:  # a setup failure: say why on stderr, which the host shows
+            import traceback
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    os.close(config["read_fd"])  # only W talks to the host: W's death must close the pipes
+    os.close(config["write_fd"])
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    _worker_main(json.loads(sys.argv[2]))
