@@ -1,8 +1,14 @@
 """score: SCoRe (arXiv 2509.14257), student-centred distillation of LLM agents, on one machine.
 
-    python score.py eval                     # the offline student as an agent on the offline task sets
-    python score.py eval --n 16 --tasks arith
+    python score.py                          # the loop offline: eval -> bc -> mps -> sft, evaluating after each
+    python score.py eval --n 16 --tasks arith  # one phase: eval | bc | mps | sft
     python score.py eval --student qwen-7b   # a GPU preset (needs the hub, or a local directory)
+    python score.py --teacher smol-135m-q4   # the same loop with a real LLM teacher through llama.cpp
+
+The default teacher is `reference`, a scripted expert that knows each generated task's reference
+solution: the only GGUF that ships offline (SmolLM2-135M) is far too small to teach (DESIGN.md,
+Models), so offline the reference teacher shows the method's mechanism honestly. Its own evaluation
+row is an oracle and is labelled so.
 
 One frozen config dataclass serves every entry point; `--help` is generated from its fields. Fields
 left at None take the value of the preset chosen for the student (DESIGN.md, Presets): `cpu` for
@@ -16,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PHASES = ("eval",)  # the phases this command can run, in order
+PHASES = ("eval", "bc", "mps", "sft")  # the phases this command can run, in order
 
 
 def arg(default, help_text: str):
@@ -33,12 +40,28 @@ def arg(default, help_text: str):
 @dataclass(frozen=True)
 class Config:
     # what to run
-    phases: str = arg("eval", "comma-separated phases to run, in order: " + ",".join(PHASES))
+    phases: str = arg(",".join(PHASES), "comma-separated phases to run, in order: " + ",".join(PHASES))
     student: str = arg("smol-135m", "student: a preset (smol-135m, qwen-0.5b..qwen-7b, llama-8b), hub id or local dir")
     tasks: str = arg("arith,lookup", "comma-separated task sets (arith, lookup, gsm8k, math500, aime24, aime25, "
                                      "hotpotqa, 2wiki, musique, bamboogle) or paths to .jsonl files")
     n: int = arg(20, "training tasks for training phases; test tasks per task set for eval")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
+    method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)")
+    # the teacher
+    teacher: str = arg("reference", "reference (offline scripted expert), a GGUF preset (qwen-72b-q4, qwen-32b-q4, "
+                                    "qwen-7b-q4, smol-135m-q4) or a .gguf path")
+    teacher_url: str = arg("", "an OpenAI-compatible server to ask instead of loading the teacher here")
+    teacher_sees: str = arg("answer", "answer (as the paper) or solution (also the task's reference solution)")
+    teacher_cache: str = arg("", "file of cached teacher calls, shareable across runs (default: inside the run)")
+    teacher_gpu_layers: int = arg(-1, "llama.cpp layers on the GPU (-1 = all, when CUDA is present)")
+    # phases 0-1
+    bc_fraction: float = arg(0.2, "share of training tasks the teacher solves for the BC warm start (paper: 20%)")
+    max_corrections: int = arg(3, "teacher corrections per MPS episode (paper: 3 in its code)")
+    mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)")
+    keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)")
+    # training (None = from the preset)
+    sft_lr: float | None = arg(None, "SFT peak learning rate (BC and SCoRe-SFT)")
+    sft_epochs: int | None = arg(None, "SFT epochs")
     preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu")
     # agent budgets (None = from the preset)
     max_steps: int | None = arg(None, "steps per episode, the plan included (paper: 8)")
@@ -60,14 +83,15 @@ class Config:
 
 
 # Fields that do not change results: they may differ when a run resumes.
-OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label"}
+OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
+               "teacher_gpu_layers", "teacher_url"}
 
 # DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
     "cpu": dict(max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
-                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=32),
+                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3),
     "gpu": dict(max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
-                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32),
+                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3),
 }
 SMALL_STUDENTS = {"smol-135m"}
 
@@ -140,28 +164,53 @@ def summarise(trajectories: list[dict], wall_s: float) -> dict:
 # Phases
 
 
-def phase_eval(config: Config, run_dir: Path, console) -> dict:
-    """Run the student as an agent on test tasks; one graded trajectory per line in eval/<label>.jsonl."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from agent import RolloutConfig, Start, build_indexes, derive_seed, rollout
+def rollout_config(config: Config, temperature: float, top_p: float = 1.0):
+    from agent import RolloutConfig
+    return RolloutConfig(max_steps=config.max_steps, max_new_tokens=config.max_new_tokens,
+                         max_context_tokens=config.max_context_tokens, temperature=temperature, top_p=top_p,
+                         timeout_s=config.timeout_s, max_output_chars=config.max_output_chars)
+
+
+def load_tasks_for(config: Config, split: str) -> list:
     from bench.tasks import load_tasks
+    n = config.n
+    return [t for name in config.tasks.split(",") for t in load_tasks(name.strip(), split, n, config.seed)]
+
+
+def make_sandbox(config: Config):
+    from tools import Sandbox
+    return lambda corpus: Sandbox(corpus=corpus, timeout_s=config.timeout_s, max_output_chars=config.max_output_chars)
+
+
+def open_teacher(config: Config, run_dir: Path, tasks: list, console):
+    from teacher import make_teacher
+    if config.teacher == "reference" and not config.teacher_url:
+        console.print("teacher: reference (a scripted expert built from the tasks' reference solutions; the "
+                      "offline GGUF is too small to teach, see README)")
+    cache = Path(config.teacher_cache) if config.teacher_cache else run_dir / "teacher_cache.jsonl"
+    return make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
+                        gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
+                        seed=config.seed)
+
+
+def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_path: str = "") -> dict:
+    """Run the student (or, with label "teacher", the teacher) as an agent on test tasks; one graded
+    trajectory per line in eval/<label>.jsonl, resumable by task id."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from agent import Start, build_indexes, derive_seed, rollout
     from runs import append_jsonl, read_jsonl, write_json_atomic
     from student import load_student
 
-    label = config.label or "base"
-    tasks = [t for name in config.tasks.split(",") for t in load_tasks(name.strip(), "test", config.n, config.seed)]
+    label = label or config.label or "base"
+    who = "teacher " + (config.teacher_url or config.teacher) if label == "teacher" else (student_path or config.student)
+    tasks = load_tasks_for(config, "test")
     records_path = run_dir / "eval" / f"{label}.jsonl"
     done = {r["task_id"]: r for r in read_jsonl(records_path)}  # resume: keep what finished
     todo = [t for t in tasks if t.id not in done]
-    console.print(f"eval [{label}]: {len(tasks)} tasks ({len(done)} already done), student {config.student}")
+    console.print(f"eval [{label}]: {len(tasks)} tasks ({len(done)} already done), {who}")
     began = time.perf_counter()
     if todo:
-        student = load_student(config.student, config.device, config.dtype, config.threads)
-        rollout_config = RolloutConfig(max_steps=config.max_steps, max_new_tokens=config.max_new_tokens,
-                                       max_context_tokens=config.max_context_tokens,
-                                       temperature=config.eval_temperature, top_p=config.eval_top_p,
-                                       timeout_s=config.timeout_s, max_output_chars=config.max_output_chars)
-        indexes = build_indexes(todo)
+        settings = rollout_config(config, config.eval_temperature, config.eval_top_p)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             bar = progress.add_task(f"eval {label}", total=len(todo))
@@ -171,17 +220,145 @@ def phase_eval(config: Config, run_dir: Path, console) -> dict:
                 append_jsonl(records_path, trajectory.to_dict())  # line-atomic: a crash loses nothing
                 progress.advance(bar)
 
-            for i in range(0, len(todo), config.eval_batch_size):
-                batch = todo[i:i + config.eval_batch_size]
-                starts = [Start(task=t, seed=derive_seed(config.seed, "eval", t.id)) for t in batch]
-                rollout(student, starts, rollout_config, indexes=indexes, on_episode_end=record)
+            if label == "teacher":  # the teacher solves each task itself, one at a time
+                teacher = open_teacher(config, run_dir, tasks, console)
+                for task in todo:
+                    record(teacher.solve(task, settings, derive_seed(config.seed, "eval-teacher", task.id)))
+                teacher.close()
+            else:
+                student = load_student(student_path or config.student, config.device, config.dtype, config.threads)
+                indexes = build_indexes(todo)
+                for i in range(0, len(todo), config.eval_batch_size):
+                    batch = todo[i:i + config.eval_batch_size]
+                    starts = [Start(task=t, seed=derive_seed(config.seed, "eval", t.id)) for t in batch]
+                    rollout(student, starts, settings, indexes=indexes, on_episode_end=record,
+                            sandbox_factory=make_sandbox(config))
     wanted = {t.id for t in tasks}
     trajectories = [r for r in read_jsonl(records_path) if r["task_id"] in wanted]
     summary = summarise(trajectories, time.perf_counter() - began)
-    summary.update(label=label, student=config.student)
+    summary.update(label=label, student=who, oracle=label == "teacher" and config.teacher == "reference")
     write_json_atomic(run_dir / "eval" / f"{label}.json", summary)
     print_summary(summary, console)
     return summary
+
+
+def sft_config(config: Config):
+    from sft import SFT_PRESETS
+    return dataclasses.replace(SFT_PRESETS[config.preset], lr=config.sft_lr, epochs=config.sft_epochs, seed=config.seed)
+
+
+def phase_bc(config: Config, run_dir: Path, console) -> None:
+    """Phase 0: the teacher solves the BC share of the training tasks (all of them with --method
+    imitation); its correct trajectories train the base student into checkpoints/bc."""
+    from agent import Trajectory, derive_seed
+    from mps import assign_split
+    from runs import append_jsonl, mark_phase_done, read_jsonl
+    from sft import train_sft
+    from student import load_student
+    tasks = load_tasks_for(config, "train")
+    share = [t for t in tasks if config.method == "imitation" or assign_split(t.id, config.seed, config.bc_fraction) == "bc"]
+    path = run_dir / "bc.jsonl"
+    done = {r["task_id"] for r in read_jsonl(path)}
+    todo = [t for t in share if t.id not in done]
+    console.print(f"bc: the teacher solves {len(share)} training tasks ({len(done)} already done)")
+    if todo:
+        teacher = open_teacher(config, run_dir, tasks, console)
+        settings = rollout_config(config, 0.0)
+        for task in todo:  # every attempt is kept, with its grade; training uses the correct ones
+            trajectory = teacher.solve(task, settings, derive_seed(config.seed, "bc", task.id))
+            trajectory.split, trajectory.run = "bc", run_dir.name
+            append_jsonl(path, trajectory.to_dict())
+        teacher.close()
+    correct = [Trajectory.from_dict(r) for r in read_jsonl(path) if r["correct"]]
+    console.print(f"bc: {len(correct)} of {len(share)} teacher trajectories are correct; training the student on them")
+    if not correct:
+        console.print("bc: skipped: 0 examples (the teacher solved none)")
+        mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False})
+        return
+    student = load_student(config.student, config.device, config.dtype, config.threads)
+    summary = train_sft(student, correct, sft_config(config), run_dir / "checkpoints" / "bc",
+                        run_dir / "metrics.jsonl", label="bc")
+    mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": len(correct), "trained": True,
+                                    "updates": summary.get("num_updates")})
+    phase_eval(config, run_dir, console, label="bc", student_path=str(run_dir / "checkpoints" / "bc"))
+
+
+def finished_phases(run_dir: Path) -> dict:
+    import json
+    path = run_dir / "phases.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def phase_mps(config: Config, run_dir: Path, console) -> None:
+    """Phase 1: student rollouts with one-step teacher corrections; mps.jsonl, sft.jsonl, keysteps.jsonl."""
+    from agent import Trajectory
+    from mps import MPSConfig, assign_split, derive_outputs, diagnostics, run_mps
+    from runs import append_jsonl, mark_phase_done, read_jsonl, write_json_atomic
+    from student import load_student
+    tasks = load_tasks_for(config, "train")
+    splits = {t.id: assign_split(t.id, config.seed, config.bc_fraction) for t in tasks}
+    share = [t for t in tasks if splits[t.id] in ("sft", "rl")]
+    path = run_dir / "mps.jsonl"
+    done = {r["task_id"] for r in read_jsonl(path)}
+    todo = [t for t in share if t.id not in done]
+    bc_dir = run_dir / "checkpoints" / "bc"
+    student_path = str(bc_dir) if finished_phases(run_dir).get("bc", {}).get("trained") else config.student
+    if student_path == config.student:
+        console.print("[yellow]warning:[/yellow] no trained checkpoints/bc: MPS rolls out the base student, "
+                      "which finishes almost no episode in the agent format")
+    console.print(f"mps: {len(share)} tasks ({len(done)} already done), student {student_path}")
+    mps_config = MPSConfig(max_corrections=config.max_corrections, keep_correct_rate=config.keep_correct_rate,
+                           seed=config.seed)
+    if todo:
+        student = load_student(student_path, config.device, config.dtype, config.threads)
+        teacher = open_teacher(config, run_dir, tasks, console)
+
+        def record(trajectory):
+            trajectory.run = run_dir.name
+            append_jsonl(path, trajectory.to_dict())  # line-atomic: resumable by task id
+
+        settings = rollout_config(config, config.mps_temperature)
+        for i in range(0, len(todo), config.eval_batch_size):
+            run_mps(student, teacher, todo[i:i + config.eval_batch_size], splits, settings, mps_config,
+                    make_sandbox(config), record,
+                    on_round=lambda r, n: console.print(f"mps: round {r}: {n} episodes rolling out"))
+        console.print(f"teacher: {teacher.stats}")
+        teacher.close()
+    episodes = [Trajectory.from_dict(r) for r in read_jsonl(path) if r["task_id"] in splits]
+    sft_records, keysteps = derive_outputs(episodes, mps_config)
+    for name, records in (("sft.jsonl", sft_records), ("keysteps.jsonl", keysteps)):
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(run_dir / name)
+    report = diagnostics(episodes)
+    write_json_atomic(run_dir / "mps_diagnostics.json", report)
+    console.print(f"mps: {report['episodes']} episodes: {report['solved_alone']} solved alone, "
+                  f"{report['corrected']} corrected, {report['hard']} hard {report['hard_reasons']}; "
+                  f"first-error steps {report['first_error_histogram']}; "
+                  f"{len(sft_records)} SFT trajectories, {len(keysteps)} key steps")
+    mark_phase_done(run_dir, "mps", {"episodes": len(episodes), "sft": len(sft_records), "keysteps": len(keysteps)})
+
+
+def phase_sft(config: Config, run_dir: Path, console) -> None:
+    """Phase 2: continue from checkpoints/bc on sft.jsonl into checkpoints/sft."""
+    from agent import Trajectory
+    from runs import ConfigError, mark_phase_done, read_jsonl
+    from sft import train_sft
+    from student import load_student
+    if "mps" not in finished_phases(run_dir):
+        raise ConfigError("sft needs a finished mps phase in this run: run `python score.py mps` first")
+    records = [Trajectory.from_dict(r) for r in read_jsonl(run_dir / "sft.jsonl")]
+    if not records:
+        console.print("sft: skipped: 0 examples (MPS produced no correct trajectory in the SFT half)")
+        mark_phase_done(run_dir, "sft", {"examples": 0, "trained": False})
+        return
+    trained_bc = finished_phases(run_dir).get("bc", {}).get("trained")
+    start = str(run_dir / "checkpoints" / "bc") if trained_bc else config.student
+    student = load_student(start, config.device, config.dtype, config.threads)
+    summary = train_sft(student, records, sft_config(config), run_dir / "checkpoints" / "sft",
+                        run_dir / "metrics.jsonl", label="sft")
+    mark_phase_done(run_dir, "sft", {"examples": len(records), "trained": True, "updates": summary.get("num_updates")})
+    phase_eval(config, run_dir, console, label="sft", student_path=str(run_dir / "checkpoints" / "sft"))
 
 
 def print_summary(summary: dict, console) -> None:
@@ -199,8 +376,9 @@ def print_summary(summary: dict, console) -> None:
 
 def run_name(config: Config) -> str:
     from runs import config_hash
-    student = Path(config.student.rstrip("/")).name.replace("/", "-")
-    return config.run or f"{student}-reference-{config_hash(config, OPERATIONAL)}"
+    student = Path(config.student.rstrip("/")).name
+    teacher = Path(config.teacher.rstrip("/")).stem if not config.teacher_url else "url"
+    return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.tasks import TaskError
     from runs import ConfigError, open_run
     from student import StudentError
+    from teacher import TeacherError
     console = Console()
     config = parse_args(sys.argv[1:] if argv is None else argv)
     run_dir = Path(config.runs_dir) / run_name(config)
@@ -220,7 +399,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"unknown phase {phase!r}: choose from {', '.join(PHASES)}")
             if phase == "eval":
                 phase_eval(config, run_dir, console)
-    except (ConfigError, StudentError, TaskError) as exc:
+                if "," in config.phases:  # the whole loop also evaluates the teacher, in the same harness
+                    phase_eval(config, run_dir, console, label="teacher")
+            elif phase == "bc":
+                phase_bc(config, run_dir, console)
+            elif config.method == "imitation":  # the baseline is BC on all training tasks, then eval
+                console.print(f"{phase}: skipped: --method imitation trains only by imitation (phase bc)")
+            elif phase == "mps":
+                phase_mps(config, run_dir, console)
+            elif phase == "sft":
+                phase_sft(config, run_dir, console)
+    except (ConfigError, StudentError, TaskError, TeacherError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -72,3 +72,26 @@ def test_interval95():
     mean, low, high = score.interval95([1.0] * 8 + [0.0] * 8)
     assert mean == 0.5 and 0.27 < low < 0.3 and 0.7 < high < 0.73
     assert score.interval95([0.0] * 16)[1:] == (0.0, pytest.approx(0.194, abs=0.002))
+
+
+def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
+    """The loop's chain of weights and records with a tiny student and the reference teacher: bc writes the
+    teacher's trajectories and trains checkpoints/bc, which is evaluated; mps rolls out from it and writes
+    mps.jsonl / sft.jsonl / keysteps.jsonl; sft, with nothing correct to learn from, says it is skipped.
+    Re-running the same command redoes nothing."""
+    args = ["--student", tiny_dir, "--n", "3", "--runs-dir", str(tmp_path), "--run", "loop", "--bc-fraction", "0.5",
+            "--max-steps", "5", "--max-new-tokens", "6", "--sft-epochs", "1", "--phases", "bc,mps,sft"]
+    assert score.main(args) == 0
+    run = tmp_path / "loop"
+    bc = read_jsonl(run / "bc.jsonl")
+    assert bc and all(r["correct"] and r["split"] == "bc" for r in bc)  # the reference teacher is an oracle
+    assert (run / "checkpoints" / "bc" / "config.json").exists() and (run / "eval" / "bc.json").exists()
+    phases = json.loads((run / "phases.json").read_text())
+    assert phases["bc"]["trained"] and phases["mps"]["episodes"] == len(read_jsonl(run / "mps.jsonl"))
+    assert {r["split"] for r in read_jsonl(run / "mps.jsonl")} <= {"sft", "rl"}
+    assert {r["task_id"] for r in bc}.isdisjoint({r["task_id"] for r in read_jsonl(run / "mps.jsonl")})
+    assert (run / "keysteps.jsonl").exists() and (run / "mps_diagnostics.json").exists()
+    out = capsys.readouterr().out
+    assert "sft: skipped: 0 examples" in out or phases["sft"]["trained"]
+    assert score.main(args) == 0
+    assert "0 already done" not in capsys.readouterr().out.split("mps:")[1].split("\n")[0]

@@ -1,0 +1,484 @@
+"""The teachers (METHOD.md section 3): the reference teacher's rules on planted errors, the real
+llama.cpp and HTTP paths with the offline SmolLM2 GGUF, bad teacher behaviour, and the cache.
+
+    python -m pytest tests/test_teacher.py -q
+"""
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent import RolloutConfig, Step, format_step, replay_codes, run_step
+from bench.tasks import load_tasks
+from teacher import (TEACHER_PRESETS, GGUFTeacher, LLMTeacher, ReferenceTeacher, Reply, TeacherConfig,
+                     TeacherError, URLTeacher, Verdict, as_fresh_attempt, cpu_has_amx, make_teacher, parse_verdict,
+                     render_steps, shows_checkpoint, verdict_schema)
+from tools import Sandbox
+
+CONFIG = RolloutConfig()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """An arith task with three action steps: scale (0.5), flour and butter (145.0, 30.0), total (175.0)."""
+    task = next(t for t in load_tasks("arith", "train", 60) if t.id == "arith-4b223b94ed")
+    assert [s.checkpoints for s in task.solution[1:]] == [("0.5",), ("145.0", "30.0"), ("175.0",)]
+    return task
+
+
+@pytest.fixture(scope="module")
+def product():
+    """A 3-hop lookup task: product -> Druzideim Industries -> Vokel Breitail -> born 1937."""
+    task = next(t for t in load_tasks("lookup", "train", 60) if t.id == "lookup-9ae2caaef7")
+    assert [s.checkpoints for s in task.solution[1:]] == [("Druzideim Industries",), ("Vokel Breitail",), ("1937",), ()]
+    return task
+
+
+def episode(task, codes, plan=None):
+    """A student's trajectory: a plan, then each code run in one sandbox, as the agent loop would."""
+    from teacher import Teacher
+    trajectory = Teacher().new_trajectory(task, 0)
+    plan = task.solution[0].thought if plan is None else plan
+    trajectory.steps.append(Step(index=1, kind="plan", author="student", content=format_step("plan", plan),
+                                 thought=plan, observation="None", parse_error=not plan, error=not plan))
+    with Sandbox(corpus=task.corpus, timeout_s=10, max_output_chars=400) as sandbox:
+        for index, code in enumerate(codes, start=2):
+            step = run_step(sandbox, Step(index=index, kind="action", author="student",
+                                          content=format_step("action", "", code), code=code))
+            trajectory.steps.append(step)
+            if step.final_answer is not None:
+                trajectory.final_answer, trajectory.finished = step.final_answer, True
+                break
+    from agent import grade_trajectory
+    grade_trajectory(trajectory, task)
+    return trajectory
+
+
+def run_after_prefix(task, prefix, step):
+    """MPS step 5: replay the prefix in a FRESH sandbox, then run the teacher step."""
+    with Sandbox(corpus=task.corpus, timeout_s=10, max_output_chars=400) as sandbox:
+        sandbox.replay(replay_codes(prefix))
+        return run_step(sandbox, step)
+
+
+def ref(task, position):
+    return task.solution[position].code
+
+
+# ---------------------------------------------------------------------------------------------- reference teacher
+
+def test_reference_arith_wrong_variable(recipe):
+    """A wrong variable at step 3, after a correct step 2 written with OTHER names than the reference's.
+    The verdict must be 3 and the replacement must bind `scale` itself (the student never defined it),
+    print the next checkpoints and not call final_answer. If this broke, corrections would crash with
+    NameError in the student's namespace, or teach the student to answer early."""
+    trajectory = episode(recipe, ["s = 4 / 8\nprint(s)", "flour = 290 * s\nbutter = 60 * flour\nprint(flour, butter)",
+                                  "total = flour + butter\nprint(total)\nfinal_answer(total)"])
+    assert trajectory.correct is False
+    teacher = ReferenceTeacher([recipe])
+    verdict = teacher.verdict(trajectory, recipe.answer)
+    assert verdict.first_error_step == 3 and "8700" in verdict.analysis
+    prefix = trajectory.steps[:2]
+    step = teacher.replacement_step(recipe, prefix, trajectory.steps[2], verdict)
+    assert (step.index, step.kind, step.author) == (3, "action", "teacher")
+    assert step.code.splitlines()[0] == "scale = 0.5" and "final_answer" not in step.code
+    assert step.content == format_step("action", step.thought, step.code) and step.observation == ""
+    ran = run_after_prefix(recipe, prefix, step)
+    assert not ran.error and ran.final_answer is None
+    assert shows_checkpoint(ran.observation, "145.0") and shows_checkpoint(ran.observation, "30.0")
+
+
+def test_reference_arith_wrong_number_and_last_step(recipe):
+    """A wrong literal at step 2 is blamed on step 2 and replaced by the reference step 2; a wrong final
+    answer after every checkpoint was printed is blamed on that step, and its replacement is the LAST
+    reference step, self-contained, which answers correctly. If this broke, k or the repair would be off."""
+    teacher = ReferenceTeacher([recipe])
+    wrong_number = episode(recipe, ["scale = 4 / 6\nprint(scale)", ref(recipe, 2), ref(recipe, 3)])
+    verdict = teacher.verdict(wrong_number, recipe.answer)
+    assert verdict.first_error_step == 2
+    step = teacher.replacement_step(recipe, wrong_number.steps[:1], wrong_number.steps[1], verdict)
+    assert step.code == ref(recipe, 1)  # nothing to bind, nothing to strip
+    late = episode(recipe, [ref(recipe, 1), ref(recipe, 2), "total = flour + butter\nprint(total)\nfinal_answer(flour)"])
+    verdict = teacher.verdict(late, recipe.answer)
+    assert verdict.first_error_step == 4 and "wrong" in verdict.analysis
+    step = teacher.replacement_step(recipe, late.steps[:3], late.steps[3], verdict)
+    assert step.code.splitlines()[:2] == ["flour = 145.0", "butter = 30.0"] and "final_answer(total)" in step.code
+    ran = run_after_prefix(recipe, late.steps[:3], step)
+    assert ran.final_answer == "175.0"
+
+
+def test_reference_arith_errors_and_correct_routes(recipe):
+    """Code that raises is an error; a different but correct route (other names, fewer steps, a
+    checkpoint printed) is not; an unusual but readable plan is not. If this broke, MPS would correct
+    students who were right, or miss crashes."""
+    teacher = ReferenceTeacher([recipe])
+    raised = episode(recipe, ["scale = 4 / servings\nprint(scale)", "final_answer(1)"])
+    assert teacher.verdict(raised, recipe.answer).first_error_step == 2
+    shortcut = episode(recipe, ["amount = (290 + 60) * 4 / 8\nprint(amount)", "final_answer(amount + 1)"],
+                       plan="I will just compute it.")
+    verdict = teacher.verdict(shortcut, recipe.answer)
+    assert verdict.first_error_step == 3  # the wrong answer, not the correct shortcut nor the plan
+
+
+def test_reference_plan_and_clean(recipe, product):
+    """An empty plan is the first error and is replaced by the reference plan; the reference solution
+    run as a student's episode has no error (0) in both families. If this broke, correct episodes would
+    be 'corrected' or a missing plan would go unnoticed."""
+    teacher = ReferenceTeacher([recipe, product])
+    no_plan = episode(recipe, [ref(recipe, 1), "final_answer(0)"], plan="")
+    verdict = teacher.verdict(no_plan, recipe.answer)
+    assert verdict.first_error_step == 1
+    step = teacher.replacement_step(recipe, [], no_plan.steps[0], verdict)
+    assert (step.index, step.kind, step.thought) == (1, "plan", recipe.solution[0].thought)
+    for task in (recipe, product):
+        clean = episode(task, [s.code for s in task.solution[1:]])
+        assert clean.correct and teacher.verdict(clean, task.answer).first_error_step == 0
+
+
+def test_reference_lookup_premature_and_empty_search(product):
+    """Lookup: a premature answer at step 3 is blamed on step 3 and replaced by the search that finds the
+    founder (no final_answer); a search that finds nothing is NOT an error by itself, so the wrong answer
+    after it is blamed; an answer step after every hop is replaced by the reference's last step. If this
+    broke, lookup corrections would point at the wrong step or skip hops."""
+    teacher = ReferenceTeacher([product])
+    premature = episode(product, [ref(product, 1), 'final_answer("Druzideim Industries")'])
+    verdict = teacher.verdict(premature, product.answer)
+    assert verdict.first_error_step == 3
+    step = teacher.replacement_step(product, premature.steps[:2], premature.steps[2], verdict)
+    assert step.code == ref(product, 2) and "final_answer" not in step.code
+    ran = run_after_prefix(product, premature.steps[:2], step)
+    assert shows_checkpoint(ran.observation, "Vokel Breitail") and ran.final_answer is None
+    lost = episode(product, [ref(product, 1), 'print(search("zzyzx qwvx"))', 'final_answer("1950")'])
+    assert "No passage matches" in lost.steps[2].observation
+    verdict = teacher.verdict(lost, product.answer)
+    assert verdict.first_error_step == 4
+    step = teacher.replacement_step(product, lost.steps[:3], lost.steps[3], verdict)
+    assert step.code == ref(product, 2)  # the founder hop has still not been made
+    late = episode(product, [ref(product, 1), ref(product, 2), ref(product, 3), 'final_answer("1936")'])
+    verdict = teacher.verdict(late, product.answer)
+    assert verdict.first_error_step == 5
+    step = teacher.replacement_step(product, late.steps[:4], late.steps[4], verdict)
+    assert run_after_prefix(product, late.steps[:4], step).final_answer == "1937"
+
+
+def test_reference_solve_is_an_oracle(recipe, product):
+    """`solve` returns the reference solution run in a sandbox, graded correct, written by the teacher,
+    and the teacher says it is an oracle. If this broke, phase 0 would train on wrong data or the
+    evaluation table would present a scripted teacher as a model."""
+    teacher = make_teacher("reference", [recipe, product])
+    assert teacher.is_oracle and teacher.name == "reference"
+    for task in (recipe, product):
+        trajectory = teacher.solve(task, CONFIG, seed=0)
+        assert trajectory.correct and trajectory.finished and len(trajectory.steps) == len(task.solution)
+        assert {s.author for s in trajectory.steps} == {"teacher"} and trajectory.steps[0].observation == "None"
+    unknown = episode(recipe, [ref(recipe, 1)])
+    unknown.task_id = "not-a-task"
+    assert teacher.verdict(unknown, "1") is None
+
+
+def test_reference_equivalence(recipe):
+    """RL's optional judge, reference version: two error-free steps that show the same reference
+    checkpoints are equivalent; a step that raises, or one that shows nothing, matches nothing. If
+    this broke, key-step rewards under --key-step-judge teacher would be wrong."""
+    teacher = ReferenceTeacher([recipe])
+    a = episode(recipe, ["scale = 4 / 8\nprint(scale)"]).steps[1]
+    b = episode(recipe, ["factor = 0.5\nprint(factor)"]).steps[1]
+    boom = episode(recipe, ["print(1 / 0)"]).steps[1]
+    silent = episode(recipe, ["x = 1"]).steps[1]
+    other = episode(recipe, ["print(145.0)"]).steps[1]
+    assert teacher.equivalent(recipe, [], a, b)
+    assert not teacher.equivalent(recipe, [], a, boom) and not teacher.equivalent(recipe, [], silent, silent)
+    assert not teacher.equivalent(recipe, [], a, other)
+
+
+# ---------------------------------------------------------------------------------------------- prompts and parsers
+
+def test_parse_verdict_validates():
+    """Replies are validated whatever the backend: out-of-range, boolean or missing fields are refused;
+    prose around the JSON is tolerated. If this broke, a bad index would reach MPS."""
+    good = '{"analysis": "a", "first_error_step": 2, "suggestion": "s"}'
+    assert parse_verdict(good, 3) == Verdict(2, "a", "s")
+    assert parse_verdict("Here: " + good + " done", 3).first_error_step == 2
+    assert parse_verdict(good, 1) is None
+    assert parse_verdict('{"analysis": "a", "first_error_step": true, "suggestion": "s"}', 3) is None
+    assert parse_verdict('{"analysis": "a", "first_error_step": 1}', 3) is None
+    assert parse_verdict("no json", 3) is None
+    assert verdict_schema(3)["properties"]["first_error_step"]["enum"] == [0, 1, 2, 3]
+
+
+def test_shared_prefix_and_fresh_attempt(recipe):
+    """The verdict and replacement prompts of one trajectory share their text up to step k-1 (so
+    llama.cpp reuses that KV cache), and correction talk is dropped from a teacher's thought. If this
+    broke, every replacement would recompute its prompt, or SFT would teach apologies."""
+    trajectory = episode(recipe, [ref(recipe, 1), ref(recipe, 2), "final_answer(1)"])
+    teacher = _Scripted([recipe], [])
+    verdict_messages = teacher.messages("Task: t", trajectory.steps, "question A")
+    step_messages = teacher.messages("Task: t", trajectory.steps[:2], "question B")
+    shared = render_steps(trajectory.steps[:2])
+    assert render_steps(trajectory.steps).startswith(shared)
+    assert verdict_messages[1]["content"].startswith(step_messages[1]["content"].split("question B")[0].rstrip())
+    assert as_fresh_attempt("The previous step was wrong. Multiply the price by the count.") == \
+        "Multiply the price by the count."
+
+
+# ---------------------------------------------------------------------------------------------- LLM protocol, scripted
+
+class _Scripted(LLMTeacher):
+    """An LLM teacher whose 'model' replies from a script and counts its calls."""
+    model_id = "scripted"
+
+    def __init__(self, tasks, replies, **kwargs):
+        super().__init__(tasks=tasks, **kwargs)
+        self.replies, self.requests = list(replies), []
+
+    def complete(self, messages, params, schema):
+        self.requests.append((messages, params, schema))
+        return Reply(self.replies.pop(0) if self.replies else "", "stop", 10, 5)
+
+
+def test_cache_makes_no_second_call(recipe, tmp_path):
+    """A second teacher on the same cache file answers the same questions with zero model calls. If
+    this broke, a resumed run would pay for every teacher call again."""
+    trajectory = episode(recipe, [ref(recipe, 1), "final_answer(1)"])
+    cache = tmp_path / "teacher.jsonl"
+    first = _Scripted([recipe], ['{"analysis": "a", "first_error_step": 3, "suggestion": "s"}'], cache_path=cache)
+    assert first.verdict(trajectory, recipe.answer).first_error_step == 3 and first.stats.calls == 1
+    second = _Scripted([recipe], [], cache_path=cache)
+    assert second.verdict(trajectory, recipe.answer).first_error_step == 3
+    assert second.stats.calls == 0 and second.stats.cache_hits == 1 and second.requests == []
+    other_seed = _Scripted([recipe], ['{"analysis": "a", "first_error_step": 1, "suggestion": "s"}'],
+                           cache_path=cache, seed=1)
+    assert other_seed.verdict(trajectory, recipe.answer).first_error_step == 1  # the seed is part of the key
+
+
+def test_scripted_replacement_retry_and_solve(recipe):
+    """An unusable step (no code) is asked once more with another seed; a usable one becomes a teacher
+    Step in the canonical format; `solve` runs the teacher as the agent and grades it. If this broke,
+    the retry rule or phase 0 data from LLM teachers would be wrong."""
+    teacher = _Scripted([recipe], ["<thought>only words</thought>", "<thought>Scale it.</thought>\n<code>\nscale = 4 / 8\nprint(scale)"])
+    trajectory = episode(recipe, ["scale = 1\nprint(scale)"])
+    step = teacher.replacement_step(recipe, trajectory.steps[:1], trajectory.steps[1], Verdict(2, "a", "s"))
+    assert (step.index, step.author, step.code) == (2, "teacher", "scale = 4 / 8\nprint(scale)")
+    assert teacher.stats.retries == 1 and len(teacher.requests) == 2
+    assert teacher.requests[0][1]["seed"] != teacher.requests[1][1]["seed"]
+    solver = _Scripted([recipe], ["<first_thought>Scale, then add", "<thought>all</thought><code>print((290 + 60) * 4 / 8)\nfinal_answer(175)"])
+    solved = solver.solve(recipe, CONFIG, seed=0)
+    assert solved.correct and [s.author for s in solved.steps] == ["teacher", "teacher"]
+    assert solved.steps[0].thought == "Scale, then add" and solved.steps[1].observation.strip() == "175.0"
+
+
+def test_teacher_sees_solution_and_judges(recipe):
+    """`sees="solution"` adds the reference solution to every prompt (the default shows only the
+    answer), and an equivalence judgement is parsed from its JSON boolean. If this broke,
+    --teacher-sees would be silently ignored, or the RL judge would always say no."""
+    trajectory = episode(recipe, ["final_answer(1)"])
+    plain = _Scripted([recipe], [])
+    shown = _Scripted([recipe], ['{"reason": "same", "equivalent": true}'], sees="solution")
+    assert "Reference solution" not in plain.verdict_messages(trajectory, recipe.answer)[1]["content"]
+    content = shown.verdict_messages(trajectory, recipe.answer)[1]["content"]
+    assert "Reference solution" in content and "scale = 4 / 8" in content and recipe.answer in content
+    assert shown.equivalent(recipe, trajectory.steps[:1], trajectory.steps[1], trajectory.steps[1]) is True
+    with pytest.raises(TeacherError):
+        _Scripted([recipe], [], sees="everything")
+
+
+def test_make_teacher_errors(monkeypatch):
+    """User errors end in one-line TeacherErrors: unknown spec, missing file, hub unreachable (without
+    touching the network: from_pretrained is replaced). Multi-part presets pin the first part and fetch
+    the others. If this broke, users would see tracebacks or half-downloaded models."""
+    with pytest.raises(TeacherError, match="unknown teacher"):
+        make_teacher("gpt-9")
+    with pytest.raises(TeacherError, match="does not exist"):
+        make_teacher("/nowhere/model.gguf")
+    import llama_cpp
+    seen = {}
+
+    def offline(repo, filename, additional_files=None, **kwargs):
+        seen.update(repo=repo, filename=filename, others=additional_files)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(llama_cpp.Llama, "from_pretrained", staticmethod(offline))
+    with pytest.raises(TeacherError) as error:
+        make_teacher("qwen-7b-q4")
+    assert "\n" not in str(error.value) and "--teacher /path/to/file.gguf" in str(error.value)
+    assert (seen["repo"], seen["filename"]) == TEACHER_PRESETS["qwen-7b-q4"]
+    assert seen["others"] == ["qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf"]
+
+
+# ---------------------------------------------------------------------------------------------- bad HTTP teachers
+
+class _FakeServer:
+    """A tiny OpenAI-style server on 127.0.0.1: each request pops one scripted action."""
+
+    def __init__(self, actions):
+        self.actions, self.requests = list(actions), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                status, text, delay = server.actions.pop(0) if server.actions else (200, "", 0)
+                time.sleep(delay)
+                payload = text if status != 200 or text.startswith("RAW:") else json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+                try:
+                    self.send_response(status)
+                    self.end_headers()
+                    self.wfile.write(payload.removeprefix("RAW:").encode())
+                except OSError:  # the client gave up (timeout test)
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda *args: None
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _reply(text, status=200, delay=0.0):
+    return (status, text, delay)
+
+
+@pytest.mark.parametrize("case", ["out_of_range", "invalid_json_body", "not_json_reply", "timeout", "empty_step",
+                                  "step_without_code"])
+def test_bad_http_teacher(recipe, case):
+    """Each bad behaviour gives None (never an exception) after exactly one retry. If this broke, one
+    misbehaving server would crash MPS, or retry forever."""
+    actions = {"out_of_range": [_reply('{"analysis": "a", "first_error_step": 9, "suggestion": "s"}')] * 2,
+               "invalid_json_body": [_reply("RAW:<html>oops")] * 2,
+               "not_json_reply": [_reply("the first error is step 2")] * 2,
+               "timeout": [_reply("{}", delay=1.5)] * 2,
+               "empty_step": [_reply("")] * 2,
+               "step_without_code": [_reply("<thought>I would scale it.</thought>")] * 2}[case]
+    server = _FakeServer(actions)
+    try:
+        teacher = URLTeacher(server.url, model="fake", tasks=[recipe], config=TeacherConfig(timeout_s=0.5))
+        trajectory = episode(recipe, ["scale = 1\nprint(scale)", "final_answer(1)"])
+        if case in ("empty_step", "step_without_code"):
+            assert teacher.replacement_step(recipe, trajectory.steps[:1], trajectory.steps[1], Verdict(2, "a", "s")) is None
+        else:
+            assert teacher.verdict(trajectory, recipe.answer) is None
+        assert len(server.requests) == 2 and teacher.stats.failures == 1 and teacher.stats.retries == 1
+        assert teacher.stats.backend_errors == (2 if case in ("invalid_json_body", "timeout") else 0)
+    finally:
+        server.close()
+
+
+def test_http_server_down_then_negotiation(recipe):
+    """A server that is down gives None after two attempts; a server that rejects OpenAI's json_schema
+    (llama_cpp.server answers 500) is asked again with json_object + schema, and the retry after an
+    invalid reply succeeds. If this broke, --teacher-url would not work with llama_cpp.server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = URLTeacher(f"http://127.0.0.1:{port}/v1", model="m", tasks=[recipe], config=TeacherConfig(timeout_s=2))
+    trajectory = episode(recipe, ["scale = 1\nprint(scale)", "final_answer(1)"])
+    assert down.verdict(trajectory, recipe.answer) is None and down.stats.backend_errors == 2
+    server = _FakeServer([_reply("RAW:{'detail': 'response_format.type: Input should be json_object'}", status=500),
+                          _reply("not json"),
+                          _reply('{"analysis": "a", "first_error_step": 2, "suggestion": "s"}')])
+    try:
+        teacher = URLTeacher(server.url, model="fake", tasks=[recipe])
+        assert teacher.verdict(trajectory, recipe.answer).first_error_step == 2
+        formats = [r.get("response_format", {}).get("type") for r in server.requests]
+        assert formats == ["json_schema", "json_object", "json_object"]
+        assert server.requests[1]["response_format"]["schema"]["properties"]["first_error_step"]["enum"] == [0, 1, 2, 3]
+        assert server.requests[1]["seed"] != server.requests[2]["seed"]  # the retry uses another seed
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------------------------------------- real llama.cpp (offline SmolLM2)
+
+SMALL = TeacherConfig(verdict_max_tokens=256, step_max_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def smol_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("teacher") / "cache.jsonl"
+
+
+def test_gguf_smol_verdicts_respect_schema(recipe, product, smol_cache):
+    """The real llama.cpp path: every complete verdict reply is JSON whose first_error_step is in the
+    enum 0..n (the grammar held), the verdict is None or in range, a replacement comes back as a teacher
+    Step or None, and a schema llama.cpp cannot convert raises. A second teacher on the same cache makes
+    zero model calls. If this broke, LLM verdicts could index outside the trajectory."""
+    teacher = make_teacher("smol-135m-q4", [recipe, product], cache_path=smol_cache, seed=0, config=SMALL)
+    assert isinstance(teacher, GGUFTeacher)
+    cases = [(recipe, episode(recipe, ["scale = 4 / 6\nprint(scale)", "final_answer(scale)"])),
+             (product, episode(product, [ref(product, 1), 'final_answer("1900")']))]
+    verdicts = [teacher.verdict(trajectory, task.answer) for task, trajectory in cases]
+    for (task, trajectory), verdict in zip(cases, verdicts):
+        assert verdict is None or 0 <= verdict.first_error_step <= len(trajectory.steps)
+    records = [json.loads(line) for line in smol_cache.read_text().splitlines()]
+    assert records and teacher.stats.calls == len(records)
+    for record in records:
+        if record["finish_reason"] == "stop":
+            value = json.loads(record["text"])
+            assert value["first_error_step"] in range(4) and set(value) == {"analysis", "first_error_step", "suggestion"}
+    task, trajectory = cases[0]
+    step = teacher.replacement_step(task, trajectory.steps[:1], trajectory.steps[1], Verdict(2, "a", "s"))
+    assert step is None or (step.index, step.kind, step.author) == (2, "action", "teacher") and step.code
+    with pytest.raises(Exception):
+        teacher.complete([{"role": "user", "content": "x"}], {"temperature": 0, "top_p": 1, "max_tokens": 1,
+                                                              "stop": [], "seed": 0}, {"type": "frobnicate"})
+    calls = teacher.stats.calls
+    teacher.close()
+    again = make_teacher("smol-135m-q4", [recipe, product], cache_path=smol_cache, seed=0, config=SMALL)
+    assert [again.verdict(t, task.answer) for task, t in cases] == verdicts
+    assert again.stats.calls == 0 and again.stats.cache_hits >= len(cases) and calls >= len(cases)
+    again.close()
+
+
+def test_http_real_llama_cpp_server(recipe):
+    """The HTTP path against a real llama_cpp.server on 127.0.0.1 serving the offline GGUF: it starts,
+    the teacher negotiates json_object + schema (the server refuses OpenAI's json_schema), and the verdict
+    is None or in range. If this broke, --teacher-url would fail against the project's own server."""
+    from student import offline_gguf_path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # On CPUs with AMX the plain module crashes on multi-token prompts (teacher.py, deviation 5).
+    launcher = [str(ROOT / "teacher.py"), "serve"] if cpu_has_amx() else ["-m", "llama_cpp.server"]
+    process = subprocess.Popen([sys.executable, *launcher, "--model", str(offline_gguf_path()), "--host", "127.0.0.1",
+                                "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(120):  # bounded wait for readiness (~60 s)
+            try:
+                urllib.request.urlopen(url + "/models", timeout=1).read()
+                break
+            except OSError:
+                assert process.poll() is None, "llama_cpp.server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama_cpp.server did not become ready")
+        teacher = make_teacher("", [recipe], url=url, config=SMALL)
+        trajectory = episode(recipe, ["final_answer(3)"])
+        verdict = teacher.verdict(trajectory, recipe.answer)
+        assert teacher.format_index == 1 and teacher.stats.calls >= 1 and teacher.stats.backend_errors == 0
+        assert verdict is None or 0 <= verdict.first_error_step <= 2
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
