@@ -231,6 +231,11 @@ class Student:
         # How much of each prompt is already in a kept cache (at least one new token must run,
         # because its logits sample the first token).
         kept = [self._kept.get(k) if k is not None else None for k in keys]
+        if all(c is None for c in kept) and num_rows > 1:
+            # Rows that start together usually share a long prefix (the system prompt; in RL, a whole
+            # group's prompt): run it once and give every row the same keys/values.
+            shared = self._prefill_shared_prefix(prompts)
+            kept = [shared] * num_rows if shared is not None else kept
         reused = [min(_common_prefix(c.ids, p), len(p) - 1) if c is not None else 0 for c, p in zip(kept, prompts)]
         past_width = max(reused)
         new_width = max(len(p) - r for p, r in zip(prompts, reused))
@@ -312,6 +317,18 @@ class Student:
                 fed[row] += 1
         return [Sample(token_ids=ids[i], logprobs=logps[i], text=self.decode(ids[i]), stop_reason=reasons[i])
                 for i in range(num_rows)]
+
+    def _prefill_shared_prefix(self, prompts: Sequence[Sequence[int]], min_tokens: int = 16) -> "_Kept | None":
+        """Keys/values of the longest prefix common to all prompts (None when it is short)."""
+        from transformers import DynamicCache
+        length = min(min(len(p) for p in prompts) - 1, min(_common_prefix(prompts[0], p) for p in prompts[1:]))
+        if length < min_tokens:
+            return None
+        cache = DynamicCache()
+        ids = torch.tensor([list(prompts[0][:length])], device=self.device)  # (1, length)
+        self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return _Kept(ids=list(prompts[0][:length]), keys=[layer.keys[0] for layer in cache.layers],
+                     values=[layer.values[0] for layer in cache.layers])
 
     def _keep(self, key: str, prompt: Sequence[int], fed_ids: list[int], cache, attention, j: int) -> None:
         """Store batch row j's keys/values (only its real positions) under `key` for its next turn."""

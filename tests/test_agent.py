@@ -249,3 +249,16 @@ def test_kv_reuse_across_turns_changes_nothing(tiny_student):
     for key in "abc":
         tiny_student.forget(key)
     assert not tiny_student._kept
+
+
+def test_shared_prefix_prefill_changes_nothing(tiny_student):
+    """Rows that share a long prefix (a group of RL samples of one prompt, or the system prompt) have it run
+    once; tokens and log-probs are those of running each row alone."""
+    tokenizer = tiny_student.tokenizer
+    prompt = render_ids(tokenizer, "one shared question for the whole group", [], add_generation_prompt=True).ids
+    other = render_ids(tokenizer, "a different question", [], add_generation_prompt=True).ids
+    batch = tiny_student.sample([prompt, prompt, other], [[]] * 3, 10, 1.0, 1.0, [1, 2, 3])
+    for row_prompt, seed, sample in zip([prompt, prompt, other], [1, 2, 3], batch):
+        alone = tiny_student.sample([row_prompt], [[]], 10, 1.0, 1.0, [seed])[0]
+        assert alone.token_ids == sample.token_ids
+        assert max(abs(a - b) for a, b in zip(alone.logprobs, sample.logprobs)) < 1e-4

@@ -131,3 +131,43 @@ def test_split_is_deterministic_and_proportional():
     share = {s: splits.count(s) / len(ids) for s in ("bc", "sft", "rl")}
     assert abs(share["bc"] - 0.2) < 0.03 and abs(share["sft"] - 0.4) < 0.03 and abs(share["rl"] - 0.4) < 0.03
     assert splits != [assign_split(i, 1, 0.2) for i in ids]
+
+
+def _planted_student(tokenizer, tasks, plant):
+    """Follows each task's reference solution turn by turn, except that turn 2 is `plant(task)`."""
+    from agent import format_step
+    by_question = {t.question: t for t in tasks}
+
+    def respond(prompt, seed):
+        task = next(t for q, t in by_question.items() if q in prompt)
+        turn = prompt.count("<|im_start|>assistant")  # 1-based: this turn's step index
+        step = task.solution[min(turn, len(task.solution)) - 1]
+        if turn == 1:
+            return format_step("plan", step.thought)
+        if turn == 2:
+            return format_step("action", step.thought, plant(task))
+        return format_step("action", step.thought, step.code)
+    return ScriptedStudent(tokenizer, respond)
+
+
+@pytest.mark.parametrize("task_set,plant", [
+    ("arith", lambda task: task.solution[1].code.replace(" = ", " = 1 + ", 1)),  # a wrong number at step 2
+    ("lookup", lambda task: 'final_answer("1900")'),  # a premature wrong answer at step 2
+])
+def test_mps_with_the_reference_teacher_on_real_tasks(tokenizer, task_set, plant):
+    """Planted errors at step 2 of real tasks: the reference teacher names step 2, its self-contained
+    replacement runs in the replayed interpreter and shows the reference checkpoint, the student finishes
+    correctly, and every episode yields exactly one valid key step with k = 2."""
+    from bench.tasks import load_tasks
+    from teacher import make_teacher
+    tasks = load_tasks(task_set, "train", 4, seed=0)
+    teacher = make_teacher("reference", tasks=tasks)
+    finished = run_mps(_planted_student(tokenizer, tasks, plant), teacher, tasks, {t.id: "rl" for t in tasks},
+                       RolloutConfig(max_steps=6), MPSConfig(), _sandbox, lambda t: None)
+    for t, task in zip(sorted(finished, key=lambda t: t.task_id), sorted(tasks, key=lambda t: t.id)):
+        assert t.correct and not t.hard, (t.task_id, t.hard_reason)
+        assert [r["k"] for r in t.corrections] == [2] and t.corrections[0]["valid"]
+        assert t.steps[1].author == "teacher"
+        assert all(c in t.steps[1].observation for c in task.solution[1].checkpoints)
+    _, keysteps = derive_outputs(finished, MPSConfig())
+    assert len(keysteps) == len(tasks) and all(k["k"] == 2 and k["split"] == "rl" for k in keysteps)
