@@ -238,4 +238,10 @@ def diagnostics(trajectories: Sequence[Trajectory]) -> dict:
         "first_error_histogram": dict(sorted(Counter(r["k"] for t in trajectories for r in t.corrections).items())),
         "corrections_per_episode": dict(sorted(Counter(len(t.corrections) for t in trajectories).items())),
         "valid_corrections": sum(r["valid"] for t in trajectories for r in t.corrections),
+        # A few corrections to read: the wrong step and the teacher's step, side by side in the records.
+        "examples": [{"task_id": t.task_id, "k": r["k"], "analysis": r["verdict"]["analysis"],
+                      "wrong_code": (r["wrong_step"] or {}).get("code") or (r["wrong_step"] or {}).get("content"),
+                      "teacher_code": (r["teacher_step"] or {}).get("code") or (r["teacher_step"] or {}).get("content"),
+                      "valid": r["valid"]}
+                     for t in trajectories for r in t.corrections if r["teacher_step"]][:3],
     }

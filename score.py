@@ -4,6 +4,7 @@
     python score.py eval --n 16 --tasks arith  # one phase: eval | bc | mps | sft
     python score.py eval --student qwen-7b   # a GPU preset (needs the hub, or a local directory)
     python score.py --teacher smol-135m-q4   # the same loop with a real LLM teacher through llama.cpp
+    python score.py show RUN [TASK_ID]       # the audit view of MPS: first error, verdict, correction
 
 The default teacher is `reference`, a scripted expert that knows each generated task's reference
 solution: the only GGUF that ships offline (SmolLM2-135M) is far too small to teach (DESIGN.md,
@@ -388,7 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     from student import StudentError
     from teacher import TeacherError
     console = Console()
-    config = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID]
+        from report import show
+        if len(argv) not in (2, 3):
+            console.print("usage: python score.py show RUN [TASK_ID]")
+            return 2
+        run = Path(argv[1]) if Path(argv[1]).is_dir() else Path("runs") / argv[1]
+        return show(run, argv[2] if len(argv) == 3 else None, console)
+    config = parse_args(argv)
     run_dir = Path(config.runs_dir) / run_name(config)
     try:
         open_run(run_dir, config, OPERATIONAL)

@@ -171,3 +171,16 @@ def test_mps_with_the_reference_teacher_on_real_tasks(tokenizer, task_set, plant
         assert all(c in t.steps[1].observation for c in task.solution[1].checkpoints)
     _, keysteps = derive_outputs(finished, MPSConfig())
     assert len(keysteps) == len(tasks) and all(k["k"] == 2 and k["split"] == "rl" for k in keysteps)
+
+
+def test_show_prints_the_correction_side_by_side(tokenizer, tmp_path, capsys):
+    """The audit view lists episodes and shows one with its verdict, the wrong step beside the teacher's."""
+    from report import show
+    from runs import append_jsonl
+    [t] = _run(tokenizer, WRONG_THEN_ANSWER, ScriptedTeacher(lambda t: 2))
+    append_jsonl(tmp_path / "mps.jsonl", t.to_dict())
+    assert show(tmp_path, None) == 0 and "corrected" in capsys.readouterr().out
+    assert show(tmp_path, "toy-0") == 0
+    out = capsys.readouterr().out
+    assert "first error at step 2" in out and "x = 6 * 8" in out and "x = 6 * 7" in out and "valid" in out
+    assert show(tmp_path, "nope") == 2
