@@ -364,7 +364,8 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
 
 def print_summary(summary: dict, console) -> None:
     from rich.table import Table
-    table = Table(title=f"eval: {summary['label']} ({summary['student']})")
+    oracle = " - an oracle: it knows the reference solutions" if summary.get("oracle") else ""
+    table = Table(title=f"eval: {summary['label']} ({summary['student']}){oracle}")
     for column in ("task set", "n", "score", "95% interval", "finished", "mean steps"):
         table.add_column(column, justify="right" if column != "task set" else "left")
     for name, row in summary["task_sets"].items():
