@@ -91,6 +91,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def cache_root() -> Path:
     """Where converted models live: $SCORE_CACHE, else $XDG_CACHE_HOME/score, else ~/.cache/score."""
     if os.environ.get("SCORE_CACHE"):
