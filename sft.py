@@ -1,0 +1,558 @@
+"""Supervised fine-tuning on agent trajectories: phase 0 (BC warm start) and phase 2 (SCoRe-SFT).
+
+What it does (METHOD.md, phases 0 and 2): every trajectory is rendered token-exactly in the student's
+chat template (`agent.render_ids`: student steps bring the ids they sampled, teacher steps are
+tokenised), a loss mask marks the assistant tokens (plan, thought, code, and the end-of-turn token
+that closes each assistant turn), and the student minimises the cross-entropy of exactly those
+tokens. System, task and observation tokens are context only.
+
+The loop is written out: zero_grad -> forward -> loss -> backward -> clip -> step, with AdamW, a
+cosine schedule with linear warmup, gradient accumulation and clipping. `accelerate.Accelerator`
+only places tensors and, under `accelerate launch`, averages gradients across GPUs (DDP).
+
+Deviations from the paper (and from common SFT recipes), each with its reason:
+1. Learning rate and epochs: the paper fine-tunes a 7B model fully at lr 7e-6 for 3 epochs. The CPU
+   default (SmolLM2-135M, full fine-tuning) uses lr 1e-4 for 3 epochs, chosen by a held-out-loss
+   sweep (bench/RESULTS.md, "SFT learning rate"); GPU students of 1B and more train a LoRA
+   adapter (r = 64) at lr 1e-4, the usual LoRA range, since a 7B full fine-tune needs 8 GPUs.
+2. Batches are *packed rows*, not padded batches: documents are laid end to end in rows of at most
+   `micro_batch_tokens` tokens, positions restart at 0 for each document and attention never
+   crosses a document boundary. Why packing rather than length-grouped padding: a packed row has no
+   padding at all whatever the length spread, one row is one micro-batch (so its memory is bounded
+   by one number), and the loss normaliser is exact by construction. The cost: attention inside a
+   row is computed over the full row and masked (a block-diagonal mask), which for the short
+   agent trajectories here is a small part of the FLOPs (bench/RESULTS.md, "SFT speed").
+3. The loss is normalised by the supervised tokens of the whole optimiser update, not averaged per
+   micro-batch or per sequence, so every assistant token weighs the same whatever row it landed in
+   (common recipes average per micro-batch or per sequence, which weighs tokens unequally).
+4. Trajectories longer than `max_length` are cut at the right (the paper's cutoff, 4096 / 15000);
+   the count is printed and returned. The CPU default caps at 1024 tokens to keep fp32 full
+   fine-tuning under 6 GB of RAM; reference trajectories are ~500 tokens.
+5. Full fine-tuning of a bf16 model keeps fp32 master weights during training (AdamW steps on bf16
+   weights lose small updates) and casts back at the end.
+
+Run it (the CLI normally calls `train_sft` for `python score.py bc` and `python score.py sft`):
+    python sft.py --trajectories runs/NAME/sft.jsonl --student runs/NAME/checkpoints/bc --out /tmp/sft
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from agent import Trajectory, derive_seed, render_ids
+from runs import append_jsonl, write_json_atomic
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One SFT run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32)."""
+    lr: float = 1e-4  # peak learning rate of AdamW after warmup (CPU default measured: bench/RESULTS.md)
+    epochs: int = 3  # passes over the trajectories (paper: 3)
+    warmup_ratio: float = 0.1  # share of updates with a linearly rising lr (paper: 0.1)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay, on every trainable tensor
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this before each step
+    micro_batch_tokens: int = 1024  # tokens in one packed row = one forward pass (bounds memory)
+    grad_accum: int = 2  # rows per optimiser update on each process
+    max_length: int = 1024  # longer trajectories are cut at the right; must fit one row
+    lora: bool | None = None  # None = auto: LoRA for students of 1B parameters and more, else full
+    lora_rank: int = 64  # LoRA r (DESIGN.md: r = 64 on attention + MLP)
+    lora_alpha: int = 128  # LoRA scale alpha (the update is multiplied by alpha / r)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    bf16: bool = True  # autocast matmuls to bf16 on CUDA (ignored on CPU, which trains in fp32)
+    seed: int = 0  # orders the documents each epoch and seeds a fresh LoRA adapter
+    checkpoint_every: int = 10  # updates between resumable checkpoints (one is also written at the end)
+    progress: bool = True  # rich progress bar (operational: may change on resume)
+
+
+# Fields that do not change what is learned; they may differ when a run resumes.
+OPERATIONAL = {"checkpoint_every", "progress"}
+
+# DESIGN.md, Presets. `cpu` is the dataclass default; `gpu` is for one 80 GB card (LoRA, bf16).
+SFT_PRESETS = {
+    "cpu": SFTConfig(),
+    "gpu": SFTConfig(lr=1e-4, micro_batch_tokens=16384, grad_accum=4, max_length=8192,
+                     gradient_checkpointing=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: trajectory -> token ids and loss mask (the one mask function)
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Ids that close a chat turn in the templates this project supports (ChatML, Llama 3)."""
+    ids = {tokenizer.eos_token_id}
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return {i for i in ids if i is not None}
+
+
+def loss_mask(ids: Sequence[int], segments, eot_ids: set[int]) -> list[int]:
+    """METHOD: which tokens the student learns to produce. 1 = supervised target, 0 = context.
+
+    1 on every assistant segment (plan, thought, code; student or teacher alike) and on the first
+    token of the glue that follows it when that token is the end-of-turn token (`<|im_end|>`):
+    the model must learn to end its turn, and that token comes from the template, not from the
+    sampled ids (METHOD.md section 2). 0 on glue, system prompt, task and observations.
+    """
+    mask = [0] * len(ids)
+    for i, segment in enumerate(segments):
+        if segment.kind != "assistant":
+            continue
+        mask[segment.start:segment.end] = [1] * (segment.end - segment.start)
+        after = segments[i + 1] if i + 1 < len(segments) else None
+        if after is not None and after.kind == "glue" and after.end > after.start and ids[after.start] in eot_ids:
+            mask[after.start] = 1
+    return mask
+
+
+@dataclass
+class Example:
+    ids: list[int]  # the rendered conversation, cut to max_length
+    mask: list[int]  # loss_mask(...) of the same tokens
+    truncated: bool  # the conversation was longer than max_length
+
+
+def build_example(tokenizer, trajectory: Trajectory, max_length: int, eot_ids: set[int]) -> Example:
+    """Render one trajectory token-exactly (agent.render_ids) and mask it (loss_mask)."""
+    rendered = render_ids(tokenizer, trajectory.question, trajectory.steps)
+    mask = loss_mask(rendered.ids, rendered.segments, eot_ids)
+    cut = len(rendered.ids) > max_length
+    return Example(rendered.ids[:max_length], mask[:max_length], cut)
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing: documents -> rows -> updates
+
+
+@dataclass
+class Row:
+    """Documents laid end to end: one micro-batch, no padding."""
+    ids: list[int]  # (T,)
+    positions: list[int]  # (T,) restart at 0 for each document: that is what isolates them
+    mask: list[int]  # (T,) 1 = supervised target token
+    num_docs: int
+
+
+def pack_row(examples: Sequence[Example]) -> Row:
+    ids, positions, mask = [], [], []
+    for example in examples:
+        ids += example.ids
+        positions += list(range(len(example.ids)))
+        # A document's first token is never a target: it would be predicted from the previous
+        # document (loss_mask already gives 0 there, since a conversation starts with glue).
+        mask += [0] + example.mask[1:]
+    return Row(ids, positions, mask, len(examples))
+
+
+def first_fit(order: Sequence[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Put each document (in the given order) into the first row with room for it."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for doc in order:
+        for r, free in enumerate(room):
+            if lengths[doc] <= free:
+                rows[r].append(doc)
+                room[r] -= lengths[doc]
+                break
+        else:
+            rows.append([doc])
+            room.append(capacity - lengths[doc])
+    return rows
+
+
+def plan_updates(lengths: Sequence[int], config: SFTConfig, world_size: int) -> list[list[list[int]]]:
+    """Every update of the run, fixed in advance from the seed: update -> rows -> document indices.
+
+    Each epoch shuffles the documents, packs them first-fit, shuffles the rows and cuts them into
+    updates of grad_accum * world_size rows (the last update of an epoch may hold fewer). Knowing
+    the plan up front gives the cosine schedule its length and makes resuming exact.
+    """
+    updates = []
+    rows_per_update = config.grad_accum * world_size
+    for epoch in range(config.epochs):
+        rng = random.Random(derive_seed(config.seed, "sft", epoch))
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        rows = first_fit(order, lengths, config.micro_batch_tokens)
+        rng.shuffle(rows)
+        updates += [rows[i:i + rows_per_update] for i in range(0, len(rows), rows_per_update)]
+    return updates
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss and the schedule
+
+
+def masked_nll_sum(model, row: Row, device) -> tuple[torch.Tensor, int]:
+    """Sum of -log pi(y_t | y_<t) over the row's supervised tokens, and their count.
+
+    Position p predicts token p+1, so the head runs only at positions whose next token has mask 1:
+    `logits_to_keep` (a 1-D tensor of positions) makes the model apply its LM head to those N hidden
+    states only, so the (T, V) logits of a 49k..152k-entry vocabulary never exist, only (N, V).
+    PLUMBING: attention_mask=None with restarting position_ids makes transformers build a
+    block-diagonal causal mask (one block per document); use_cache=False is required, otherwise the
+    model creates a cache and silently falls back to one causal mask over the whole row.
+    """
+    ids = torch.tensor([row.ids], device=device)  # (1, T)
+    positions = torch.tensor([row.positions], device=device)  # (1, T)
+    target_mask = torch.tensor(row.mask, device=device, dtype=torch.bool)  # (T,)
+    keep = target_mask[1:].nonzero().squeeze(-1)  # (N,) positions p whose next token p+1 is supervised
+    logits = model(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=False,
+                   logits_to_keep=keep).logits[0]  # (N, V)
+    targets = ids[0, keep + 1]  # (N,)
+    nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return nll_sum, int(targets.numel())
+
+
+def micro_batch_loss(model, row: Row, device, num_update_tokens: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD: this micro-batch's share of the update's loss.
+
+    L = (1/N) sum_r sum_t m_rt * -log pi(y_rt | y_r,<t)   N = sum_r sum_t m_rt over every row r of the
+    update, on every process. Each micro-batch adds its own term with the global N, so gradient
+    accumulation sums exactly to dL. DDP *averages* gradients over the world_size processes, hence
+    the factor world_size. Returns (the loss to backpropagate, the plain nll sum for logging).
+    """
+    nll_sum, _ = masked_nll_sum(model, row, device)
+    return nll_sum * (world_size / num_update_tokens), nll_sum.detach()
+
+
+def lr_factor(update_idx: int, num_updates: int, warmup: int) -> float:
+    """Multiplier of the peak lr for update `update_idx` (0-based): linear warmup, then cosine to 0.
+
+    warmup: (u + 1) / W for u < W, so the first update already moves; then
+    0.5 * (1 + cos(pi * (u - W) / (U - W))): the peak at u = W, approaching 0 at the last update.
+    """
+    if update_idx < warmup:
+        return (update_idx + 1) / warmup
+    progress = (update_idx - warmup) / max(1, num_updates - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------
+# PLUMBING: checkpoints (weights or adapter, optimiser, scheduler, RNG, update index)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The tensors being trained (all weights, or only the LoRA adapter), on the CPU (no copy there)."""
+    return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Write path/ atomically: a temp dir is filled, then swapped in by renames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+    torch.save(trainable_state(model), tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save(rng, tmp / "rng.pt")
+    write_json_atomic(tmp / "state.json", state)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)  # a crash right here leaves path.old, which load_checkpoint reads
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore everything save_checkpoint wrote; tensors are loaded onto the CPU first."""
+    weights = torch.load(path / "trainable.pt", map_location="cpu")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(f"checkpoint {path} does not match this model (LoRA vs full weights?)")
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())
+
+
+def save_final(path: Path, model, tokenizer) -> None:
+    """The trained model in Hugging Face format, file by file atomically, next to checkpoint/."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="final.tmp", dir=path))
+    model.save_pretrained(str(tmp))  # full weights, or only the adapter for a peft model
+    tokenizer.save_pretrained(str(tmp))
+    for item in tmp.iterdir():
+        os.replace(item, path / item.name)
+    tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def forget_gguf_origin(model) -> None:
+    """PLUMBING: the offline student is converted from GGUF (student.convert_gguf); it holds ordinary
+    float tensors, but its config still names the GGUF quantizer, and transformers' save_pretrained
+    refuses to save a "quantized" model. Nothing is quantized, so the stale marker is dropped."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quant = getattr(core.config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf":
+        core.hf_quantizer, core.is_quantized = None, False
+        del core.config.quantization_config
+
+
+def cast_parameters(model, dtype: torch.dtype) -> None:
+    """Cast the weights only. `model.to(dtype)` would also cast buffers such as RoPE's inv_freq,
+    which transformers keeps in fp32: a bf16 round trip would leave the model slightly different."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
+def prepare_model(student, config: SFTConfig) -> bool:
+    """LoRA or full weights (METHOD.md phase 2). Returns True when training a LoRA adapter."""
+    forget_gguf_origin(student.model)
+    num_params = sum(p.numel() for p in student.causal_lm().parameters())
+    already_lora = hasattr(student.model, "peft_config")
+    use_lora = config.lora if config.lora is not None else (already_lora or num_params >= 1e9)
+    if already_lora and not use_lora:
+        raise ValueError("this student is a LoRA checkpoint; full fine-tuning needs merged weights")
+    if use_lora and not already_lora:
+        student.attach_lora(rank=config.lora_rank, alpha=config.lora_alpha)  # a fresh, seeded adapter
+    if not use_lora:
+        for p in student.model.parameters():
+            p.requires_grad_(True)
+    return use_lora
+
+
+def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, out_dir: Path,
+              metrics_path: Path, label: str = "sft", stop_after: int | None = None,
+              on_update: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune `student` in place on `trajectories` and save it to out_dir in Hugging Face format.
+
+    out_dir/checkpoint/ holds the resumable state; calling again with the same arguments resumes
+    from it (or, once finished, just restores the trained weights). `stop_after` ends the call after
+    that many updates in total (tests, time-boxed runs); `on_update` sees each metrics record.
+    Returns a summary dict (also written to out_dir/summary.json when training is complete).
+    """
+    from accelerate import Accelerator
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    out_dir, metrics_path = Path(out_dir), Path(metrics_path)
+    if config.max_length > config.micro_batch_tokens:
+        raise ValueError(f"max_length {config.max_length} must fit one row of micro_batch_tokens {config.micro_batch_tokens}")
+    accelerator = Accelerator(cpu=student.device.type == "cpu",
+                              mixed_precision="bf16" if config.bf16 and student.device.type == "cuda" else "no")
+    console = Console(quiet=not accelerator.is_main_process)
+
+    # 1. Data: token ids + loss mask per trajectory, then the whole plan of updates.
+    eot = end_of_turn_ids(student.tokenizer)
+    examples = [build_example(student.tokenizer, t, config.max_length, eot) for t in trajectories]
+    examples = [e for e in examples if sum(e.mask) > 0]  # nothing to learn from (all cut away)
+    if not examples:
+        raise ValueError("no trajectory has an assistant token to train on")
+    plan = plan_updates([len(e.ids) for e in examples], config, accelerator.num_processes)
+    num_updates, warmup = len(plan), math.ceil(config.warmup_ratio * len(plan))
+    fingerprint = derive_seed([e.ids for e in examples], [e.mask for e in examples])
+    total_tokens = sum(len(e.ids) for e in examples)
+    supervised = sum(sum(e.mask) for e in examples)
+    rows_per_epoch = len(first_fit(range(len(examples)), [len(e.ids) for e in examples], config.micro_batch_tokens))
+    console.print(f"{label}: {len(examples)} trajectories ({sum(e.truncated for e in examples)} cut at {config.max_length}),"
+                  f" {total_tokens} tokens, {supervised} supervised; ~{rows_per_epoch} rows of <= {config.micro_batch_tokens}"
+                  f" tokens per epoch x {config.epochs} epochs / ({config.grad_accum} rows x {accelerator.num_processes}"
+                  f" processes per update) = {num_updates} updates, warmup ceil({config.warmup_ratio} x {num_updates}) = {warmup}")
+
+    # 2. Model, optimiser, schedule. The seed makes a fresh LoRA adapter identical on every process.
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    use_lora = prepare_model(student, config)
+    model = student.model
+    original_dtype = next(model.parameters()).dtype
+    if not use_lora and original_dtype != torch.float32:  # deviation 5: fp32 master weights
+        cast_parameters(model, torch.float32)
+    if config.gradient_checkpointing:
+        student.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    console.print(f"{label}: {'LoRA r=' + str(config.lora_rank) if use_lora else 'full fine-tuning'}, "
+                  f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, lr {config.lr:g}")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, num_updates, warmup))
+    # The scheduler is not prepared: accelerate would step it once per process, and our update
+    # count is already global.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+
+    # 3. Resume: same data and settings, or refuse.
+    config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL}
+    start, ckpt_path, already_finished = 0, out_dir / "checkpoint", False
+    found = find_checkpoint(ckpt_path)
+    if found is not None:
+        saved = json.loads((found / "state.json").read_text())
+        if saved["config"] != config_dict or saved["fingerprint"] != fingerprint or saved["world_size"] != world:
+            raise ValueError(f"{found} was written by a run with other data or settings; use another out_dir")
+        already_finished = saved.get("finished", False)  # then only the weights are restored
+        state = load_checkpoint(found, accelerator.unwrap_model(model), None if already_finished else optimizer, scheduler)
+        start = state["update"]
+        console.print(f"{label}: resumed from {found} after update {start}/{num_updates}")
+
+    # 4. The loop.
+    wall_s, last_loss = 0.0, float("nan")
+    model.train()
+    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=console, disable=not config.progress)
+    with progress:
+        bar = progress.add_task(label, total=num_updates, completed=start, info="")
+        for update_idx in range(start, num_updates):
+            if stop_after is not None and update_idx >= stop_after:
+                break
+            update_began = time.perf_counter()
+            rows = [pack_row([examples[d] for d in docs]) for docs in plan[update_idx]]
+            num_update_tokens = sum(sum(r.mask) for r in rows)  # N: supervised tokens, all processes
+            mine = rows[rank::world]
+            weights = [1.0] * len(mine)
+            if not mine:  # fewer rows than processes: join the gradient all-reduce with a zero loss
+                mine, weights = rows[:1], [0.0]
+            optimizer.zero_grad(set_to_none=True)
+            nll_total = torch.zeros((), device=device)
+            for i, (row, weight) in enumerate(zip(mine, weights)):
+                last = i == len(mine) - 1  # DDP all-reduces gradients on the last micro-batch only
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    loss, nll_sum = micro_batch_loss(model, row, device, num_update_tokens, world)  # forward + loss
+                    accelerator.backward(loss * weight)  # backward: accumulates into .grad
+                nll_total += nll_sum * weight
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # clip (returns the norm before)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()  # step
+            scheduler.step()
+
+            # Metrics of this update, true means over all its rows on all processes.
+            nll_total = accelerator.reduce(nll_total, reduction="sum")
+            update_s = time.perf_counter() - update_began
+            wall_s += update_s
+            row_tokens = sum(len(r.ids) for r in rows)
+            last_loss = float(nll_total) / num_update_tokens
+            record = {
+                "label": label,
+                "sft/update": update_idx + 1,  # optimiser updates done, 1-based
+                "sft/epoch": (update_idx + 1) / num_updates * config.epochs,  # epochs done (fractional)
+                "sft/loss": last_loss,  # mean -log pi over the update's supervised tokens
+                "sft/tokens": num_update_tokens,  # supervised tokens in this update
+                "sft/row_tokens": row_tokens,  # tokens forwarded (all real, none are padding)
+                "sft/tok_per_s": row_tokens / update_s,  # forwarded tokens per second of this update
+                "sft/lr": lr,  # learning rate this update used
+                "sft/grad_norm": float(grad_norm),  # global gradient norm before clipping
+            }
+            if accelerator.is_main_process:
+                append_jsonl(metrics_path, record)
+            console.print(f"{label} update {update_idx + 1}/{num_updates} loss {last_loss:.4f} lr {lr:.2e} "
+                          f"grad_norm {float(grad_norm):.2f} tokens {num_update_tokens}/{row_tokens} "
+                          f"{record['sft/tok_per_s']:.0f} tok/s")
+            progress.update(bar, advance=1, info=f"loss {last_loss:.3f}")
+            if on_update is not None:
+                on_update(record)
+
+            finished = update_idx + 1 == num_updates
+            stopping = stop_after is not None and update_idx + 1 >= stop_after
+            if (update_idx + 1) % config.checkpoint_every == 0 or finished or stopping:
+                state = {"update": update_idx + 1, "num_updates": num_updates, "config": config_dict,
+                         "fingerprint": fingerprint, "world_size": world, "label": label, "commit": _git_commit()}
+                if accelerator.is_main_process:
+                    save_checkpoint(ckpt_path, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                accelerator.wait_for_everyone()
+            start = update_idx + 1
+
+    # 5. Hand the student back ready to sample; save the final model once all updates are done.
+    model.eval()
+    student.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if config.gradient_checkpointing:
+        student.causal_lm().gradient_checkpointing_disable()
+    if not use_lora and original_dtype != torch.float32:
+        cast_parameters(student.model, original_dtype)
+    summary = {"label": label, "examples": len(examples), "truncated": sum(e.truncated for e in examples),
+               "tokens": total_tokens, "supervised_tokens": supervised, "updates_done": start,
+               "num_updates": num_updates, "final_loss": last_loss, "train_wall_s": wall_s,
+               "lora": use_lora, "out_dir": str(out_dir), "finished": start == num_updates,
+               "commit": _git_commit(), "config": dataclasses.asdict(config)}
+    if already_finished:
+        summary = {**json.loads((out_dir / "summary.json").read_text()), "restored": True}
+    elif start == num_updates and accelerator.is_main_process:
+        save_final(out_dir, student.model, student.tokenizer)
+        write_json_atomic(out_dir / "summary.json", summary)
+        # Mark the checkpoint finished last: a finished phase keeps its trained weights (a re-run
+        # restores them) but drops the optimiser state, the largest file.
+        state_path = ckpt_path / "state.json"
+        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "finished": True})
+        for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+            (ckpt_path / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    console.print(f"{label}: {start}/{num_updates} updates, final loss {summary['final_loss']:.4f}, {wall_s:.0f} s"
+                  + (f" -> {out_dir}" if start == num_updates else " (stopped early; re-run to resume)"))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# PLUMBING: a standalone command line (score.py normally calls train_sft)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runs import read_jsonl
+    from student import load_student
+    parser = argparse.ArgumentParser(description="Hand-written SFT on agent trajectories (one JSON record per line).")
+    parser.add_argument("--trajectories", required=True, help="a JSONL file of Trajectory records")
+    parser.add_argument("--student", default="smol-135m", help="a preset, hub id, local dir or checkpoint")
+    parser.add_argument("--out", required=True, help="output directory (resumable; the final model in HF format)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    for f in dataclasses.fields(SFTConfig):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f"default: {f.default}")
+    args = parser.parse_args(argv)
+
+    def parse(name: str, value):
+        if name == "lora":
+            return {"auto": None, "true": True, "false": False}[value.lower()]
+        field_type = str(next(f.type for f in dataclasses.fields(SFTConfig) if f.name == name))
+        return value.lower() == "true" if field_type == "bool" else value
+    overrides = {f.name: parse(f.name, getattr(args, f.name)) for f in dataclasses.fields(SFTConfig)
+                 if getattr(args, f.name) is not None}
+    config = dataclasses.replace(SFTConfig(), **overrides)
+    trajectories = [Trajectory.from_dict(r) for r in read_jsonl(Path(args.trajectories))]
+    student = load_student(args.student, device=args.device, threads=args.threads)
+    out = Path(args.out)
+    print(json.dumps(train_sft(student, trajectories, config, out, out / "metrics.jsonl"), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
