@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PHASES = ("eval", "bc", "mps", "sft")  # the phases this command can run, in order
+PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, in order
 
 
 def arg(default, help_text: str):
@@ -63,6 +63,14 @@ class Config:
     # training (None = from the preset)
     sft_lr: float | None = arg(None, "SFT peak learning rate (BC and SCoRe-SFT)")
     sft_epochs: int | None = arg(None, "SFT epochs")
+    rl_lr: float = arg(1e-5, "RL learning rate (constant)")
+    group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)")
+    rl_epochs: int = arg(3, "RL passes over the start states (paper: 3)")
+    advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)")
+    kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)")
+    rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)")
+    reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)")
+    key_step_judge: str = arg("signature", "signature (compare stored observations) or teacher (ask the teacher)")
     preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu")
     # agent budgets (None = from the preset)
     max_steps: int | None = arg(None, "steps per episode, the plan included (paper: 8)")
@@ -299,6 +307,44 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
     phase_eval(config, run_dir, console, label="bc", student_path=str(run_dir / "checkpoints" / "bc"))
 
 
+def phase_rl(config: Config, run_dir: Path, console) -> None:
+    """Phase 3: prefix-restart REINFORCE from checkpoints/sft on keysteps.jsonl into checkpoints/rl."""
+    from rl import RL_PRESETS, train_rl
+    from runs import ConfigError, mark_phase_done, read_jsonl
+    from student import load_student
+    if "mps" not in finished_phases(run_dir):
+        raise ConfigError("rl needs a finished mps phase in this run: run `python score.py mps` first")
+    keysteps = read_jsonl(run_dir / "keysteps.jsonl")
+    episodes = read_jsonl(run_dir / "mps.jsonl")
+    done = finished_phases(run_dir)
+    start = next((str(run_dir / "checkpoints" / p) for p in ("sft", "bc") if done.get(p, {}).get("trained")),
+                 config.student)
+    rl_config = dataclasses.replace(RL_PRESETS[config.preset], lr=config.rl_lr, epochs=config.rl_epochs,
+                                    advantage=config.advantage, kl_coef=config.kl_coef, rl_start=config.rl_start,
+                                    reward=config.reward, key_step_judge=config.key_step_judge, seed=config.seed,
+                                    **({"group_size": config.group_size} if config.group_size else {}))
+    usable = [k for k in keysteps if k.get("last") and k.get("split") == "rl"]
+    if not usable and config.rl_start == "prefix" and not episodes:
+        console.print("rl: skipped: 0 examples (no key-step record in the RL half)")
+        mark_phase_done(run_dir, "rl", {"trained": False})
+        return
+    tasks_by_id = {t.id: t for t in load_tasks_for(config, "train")}
+    teacher = open_teacher(config, run_dir, list(tasks_by_id.values()), console) \
+        if config.key_step_judge == "teacher" else None
+    console.print(f"rl: {len(usable)} key-step start states, student {start}")
+    student = load_student(start, config.device, config.dtype, config.threads)
+    summary = train_rl(student, keysteps, tasks_by_id, rl_config, run_dir / "checkpoints" / "rl",
+                       run_dir / "metrics.jsonl", run_dir / "samples", episodes=episodes, teacher=teacher,
+                       rollout_config=rollout_config(config, 1.0), sandbox_factory=make_sandbox(config))
+    if teacher is not None:
+        teacher.close()
+    trained = bool(summary.get("num_updates"))
+    mark_phase_done(run_dir, "rl", {"start_states": len(usable), "trained": trained,
+                                    "updates": summary.get("num_updates")})
+    if trained:
+        phase_eval(config, run_dir, console, label="rl", student_path=str(run_dir / "checkpoints" / "rl"))
+
+
 def finished_phases(run_dir: Path) -> dict:
     import json
     path = run_dir / "phases.json"
@@ -434,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                 phase_mps(config, run_dir, console)
             elif phase == "sft":
                 phase_sft(config, run_dir, console)
+            elif phase == "rl":
+                phase_rl(config, run_dir, console)
     except (ConfigError, StudentError, TaskError, TeacherError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

@@ -80,7 +80,7 @@ def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
     mps.jsonl / sft.jsonl / keysteps.jsonl; sft, with nothing correct to learn from, says it is skipped.
     Re-running the same command redoes nothing."""
     args = ["--student", tiny_dir, "--n", "3", "--runs-dir", str(tmp_path), "--run", "loop", "--bc-fraction", "0.5",
-            "--max-steps", "5", "--max-new-tokens", "6", "--sft-epochs", "1", "--phases", "bc,mps,sft"]
+            "--max-steps", "5", "--max-new-tokens", "6", "--sft-epochs", "1", "--rl-epochs", "1", "--phases", "bc,mps,sft,rl"]
     assert score.main(args) == 0
     run = tmp_path / "loop"
     bc = read_jsonl(run / "bc.jsonl")
@@ -93,5 +93,6 @@ def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
     assert (run / "keysteps.jsonl").exists() and (run / "mps_diagnostics.json").exists()
     out = capsys.readouterr().out
     assert "sft: skipped: 0 examples" in out or phases["sft"]["trained"]
+    assert "rl" in phases  # with no key step, RL has only question-only starts (or nothing) but finishes
     assert score.main(args) == 0
     assert "0 already done" not in capsys.readouterr().out.split("mps:")[1].split("\n")[0]
