@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per level (median reported)")
     parser.add_argument("--max-steps", type=int, default=3, help="steps per episode (short keeps it quick)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="bfloat16", help="bfloat16 is what eval and MPS use on CPUs with native bf16")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     student = load_student("smol-135m", device="cpu", dtype=args.dtype, threads=args.threads)
