@@ -100,7 +100,7 @@ OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label
 # DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
     "cpu": dict(max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
-                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, sft_lr=1e-4, sft_epochs=3),
+                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, sft_lr=3e-4, sft_epochs=3),
     "gpu": dict(max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
                 eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3),
 }
