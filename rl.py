@@ -50,12 +50,8 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import random
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -67,7 +63,8 @@ from torch.utils.checkpoint import checkpoint
 
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
 from bench.graders import is_correct
-from runs import append_jsonl, write_json_atomic
+from runs import (append_jsonl, find_training_state, git_commit, load_training_state, save_training_state,
+                  write_json_atomic)
 from student import Student, token_logprobs
 
 
@@ -489,51 +486,6 @@ def prepare_model(student: Student, config: RLConfig) -> tuple[bool, list, Stude
     return use_lora, [p for p in student.model.parameters() if p.requires_grad], reference
 
 
-def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
-    """path/ = trainable tensors, optimiser, RNG, state.json; filled under a temporary name, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
-    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save(trainable, tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
-    write_json_atomic(tmp / "state.json", state)
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)  # a crash right here leaves path.old, which find_checkpoint reads
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(path: Path) -> Path | None:
-    return next((c for c in (path, path.with_name(path.name + ".old")) if (c / "state.json").exists()), None)
-
-
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore what save_checkpoint wrote; tensors are loaded onto the CPU first, then copied in."""
-    missing, unexpected = model.load_state_dict(torch.load(path / "trainable.pt", map_location="cpu"), strict=False)
-    if unexpected or {n for n, p in model.named_parameters() if p.requires_grad} & set(missing):
-        raise ValueError(f"checkpoint {path} does not match this model (LoRA vs full weights?)")
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def sample_record(update: int, start: StartState, group: Sequence[Trajectory], rewards: Sequence[Reward],
                   advantages: Sequence[float] | None) -> dict:
     """One group's continuations with their rewards, for samples/ (read by people, not by code)."""
@@ -668,13 +620,13 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     fingerprint = derive_seed([s.key for s in starts], rollout_config.max_steps, rollout_config.max_new_tokens,
                               rollout_config.max_context_tokens)
     ckpt_path, start_update, finished_before = out_dir / "checkpoint", 0, False
-    found = find_checkpoint(ckpt_path)
+    found = find_training_state(ckpt_path)
     if found is not None:
         saved = json.loads((found / "state.json").read_text())
         if saved["config"] != config_dict or saved["fingerprint"] != fingerprint:
             raise ValueError(f"{found} was written by a run with other data or settings; use another out_dir")
         finished_before = saved.get("finished", False)
-        start_update = load_checkpoint(found, student.model, None if finished_before else optimizer)["update"]
+        start_update = load_training_state(found, student.model, None if finished_before else optimizer)["update"]
         console.print(f"rl: resumed from {found} after update {start_update}/{len(plan)}")
 
     # 4. The loop: rollouts -> rewards -> advantages -> update.
@@ -717,7 +669,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
                                                 group_advantages([r.reward for r in rewards[0]], config.advantage)))
             done = update_idx + 1
             if done % config.checkpoint_every == 0 or done == len(plan) or done == stop_after:
-                save_checkpoint(ckpt_path, student.model, optimizer,
+                save_training_state(ckpt_path, student.model, optimizer,
                                 {"update": done, "num_updates": len(plan), "config": config_dict,
                                  "fingerprint": fingerprint, "commit": git_commit()})
                 for line in pending:

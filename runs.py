@@ -15,6 +15,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -91,3 +94,62 @@ def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
     phases = json.loads(path.read_text()) if path.exists() else {}
     phases[phase] = counts
     write_json_atomic(path, phases)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resumable training state, shared by sft.py and rl.py
+
+
+def save_training_state(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
+    """path/ = trainable tensors, optimiser, scheduler, RNG, state.json: filled under a temporary name,
+    then swapped in by renames (a crash between the two renames leaves path.old, which
+    find_training_state reads)."""
+    import torch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(trainable, tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
+    write_json_atomic(tmp / "state.json", state)
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_training_state(path: Path) -> Path | None:
+    return next((c for c in (path, path.with_name(path.name + ".old")) if (c / "state.json").exists()), None)
+
+
+def load_training_state(path: Path, model, optimizer, scheduler=None) -> dict:
+    """Restore what save_training_state wrote; tensors are loaded onto the CPU first, then copied in.
+    With optimizer None only the weights are restored (a finished run)."""
+    import torch
+    missing, unexpected = model.load_state_dict(torch.load(path / "trainable.pt", map_location="cpu"), strict=False)
+    if unexpected or {n for n, p in model.named_parameters() if p.requires_grad} & set(missing):
+        raise ValueError(f"checkpoint {path} does not match this model (LoRA vs full weights?)")
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+        if scheduler is not None:
+            scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())
+
+
+def git_commit() -> str:
+    """The short commit of the code, recorded with every checkpoint ("" outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -44,8 +44,6 @@ import json
 import math
 import os
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -56,7 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from agent import Trajectory, derive_seed, render_ids
-from runs import append_jsonl, write_json_atomic
+from runs import (append_jsonl, find_training_state, git_commit, load_training_state, save_training_state,
+                  write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -251,62 +250,6 @@ def lr_factor(update_idx: int, num_updates: int, warmup: int) -> float:
 # PLUMBING: checkpoints (weights or adapter, optimiser, scheduler, RNG, update index)
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The tensors being trained (all weights, or only the LoRA adapter), on the CPU (no copy there)."""
-    return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Write path/ atomically: a temp dir is filled, then swapped in by renames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
-    torch.save(trainable_state(model), tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save(rng, tmp / "rng.pt")
-    write_json_atomic(tmp / "state.json", state)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)  # a crash right here leaves path.old, which load_checkpoint reads
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(path: Path) -> Path | None:
-    for candidate in (path, path.with_name(path.name + ".old")):
-        if (candidate / "state.json").exists():
-            return candidate
-    return None
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything save_checkpoint wrote; tensors are loaded onto the CPU first."""
-    weights = torch.load(path / "trainable.pt", map_location="cpu")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        raise ValueError(f"checkpoint {path} does not match this model (LoRA vs full weights?)")
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
-
-
 def save_final(path: Path, model, tokenizer) -> None:
     """The trained model in Hugging Face format, file by file atomically, next to checkpoint/."""
     path.mkdir(parents=True, exist_ok=True)
@@ -417,13 +360,14 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     # 3. Resume: same data and settings, or refuse.
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL}
     start, ckpt_path, already_finished = 0, out_dir / "checkpoint", False
-    found = find_checkpoint(ckpt_path)
+    found = find_training_state(ckpt_path)
     if found is not None:
         saved = json.loads((found / "state.json").read_text())
         if saved["config"] != config_dict or saved["fingerprint"] != fingerprint or saved["world_size"] != world:
             raise ValueError(f"{found} was written by a run with other data or settings; use another out_dir")
         already_finished = saved.get("finished", False)  # then only the weights are restored
-        state = load_checkpoint(found, accelerator.unwrap_model(model), None if already_finished else optimizer, scheduler)
+        state = load_training_state(found, accelerator.unwrap_model(model), None if already_finished else optimizer,
+                                    scheduler)
         start = state["update"]
         console.print(f"{label}: resumed from {found} after update {start}/{num_updates}")
 
@@ -487,9 +431,9 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
             stopping = stop_after is not None and update_idx + 1 >= stop_after
             if (update_idx + 1) % config.checkpoint_every == 0 or finished or stopping:
                 state = {"update": update_idx + 1, "num_updates": num_updates, "config": config_dict,
-                         "fingerprint": fingerprint, "world_size": world, "label": label, "commit": _git_commit()}
+                         "fingerprint": fingerprint, "world_size": world, "label": label, "commit": git_commit()}
                 if accelerator.is_main_process:
-                    save_checkpoint(ckpt_path, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                    save_training_state(ckpt_path, accelerator.unwrap_model(model), optimizer, state, scheduler)
                 accelerator.wait_for_everyone()
             start = update_idx + 1
 
@@ -504,7 +448,7 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
                "tokens": total_tokens, "supervised_tokens": supervised, "updates_done": start,
                "num_updates": num_updates, "final_loss": last_loss, "train_wall_s": wall_s,
                "lora": use_lora, "out_dir": str(out_dir), "finished": start == num_updates,
-               "commit": _git_commit(), "config": dataclasses.asdict(config)}
+               "commit": git_commit(), "config": dataclasses.asdict(config)}
     if already_finished:
         summary = {**json.loads((out_dir / "summary.json").read_text()), "restored": True}
     elif start == num_updates and accelerator.is_main_process:
