@@ -92,7 +92,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
     path = run_dir / "phases.json"
     phases = json.loads(path.read_text()) if path.exists() else {}
-    phases[phase] = counts
+    kept = {k: v for k, v in phases.get(phase, {}).items() if k in ("wall_s", "teacher_calls", "copied_from")}
+    phases[phase] = {**kept, **counts}  # costs summed over earlier invocations and provenance are kept
     write_json_atomic(path, phases)
 
 
@@ -153,3 +154,30 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def branch_run(source: Path, target: Path, phases: list[str]) -> list[str]:
+    """--init-from: copy the records and checkpoints of `phases` (finished in `source`) into the new
+    run `target`, so an ablation reuses them instead of recomputing. Returns the phases copied."""
+    done = json.loads((source / "phases.json").read_text()) if (source / "phases.json").exists() else {}
+    files = {"eval": ["eval/base.json", "eval/base.jsonl", "eval/teacher.json", "eval/teacher.jsonl"],
+             "bc": ["bc.jsonl", "checkpoints/bc", "eval/bc.json", "eval/bc.jsonl"],
+             "mps": ["mps.jsonl", "sft.jsonl", "keysteps.jsonl", "mps_diagnostics.json", "teacher_cache.jsonl"],
+             "sft": ["checkpoints/sft", "eval/sft.json", "eval/sft.jsonl"],
+             "rl": ["checkpoints/rl", "eval/rl.json", "eval/rl.jsonl", "samples"]}
+    copied = [p for p in phases if p in done]
+    for phase in copied:
+        for name in files[phase]:
+            src, dst = source / name, target / name
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            elif src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        mark_phase_done(target, phase, dict(done[phase], copied_from=source.name))
+    metrics = source / "metrics.jsonl"  # the training curves of the copied phases
+    labels = {"bc", "sft", "rl"} & set(copied)
+    for record in read_jsonl(metrics):
+        if record.get("label") in labels or ("rl" in copied and any(k.startswith("rl/") for k in record)):
+            append_jsonl(target / "metrics.jsonl", record)
+    return copied

@@ -1,6 +1,6 @@
 """score: SCoRe (arXiv 2509.14257), student-centred distillation of LLM agents, on one machine.
 
-    python score.py                          # the loop offline: eval -> bc -> mps -> sft, evaluating after each
+    python score.py                          # the loop offline: eval -> bc -> mps -> sft -> rl, evaluating after each
     python score.py eval --n 16 --tasks arith  # one phase: eval | bc | mps | sft
     python score.py eval --student qwen-7b   # a GPU preset (needs the hub, or a local directory)
     python score.py --teacher smol-135m-q4   # the same loop with a real LLM teacher through llama.cpp
@@ -48,6 +48,8 @@ class Config:
     n: int = arg(20, "training tasks for training phases; test tasks per task set for eval")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
     method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)")
+    init_from: str = arg("", "a run (name or directory) whose finished phases this new run starts from, up to "
+                             "the first phase a changed option affects (ablations that share BC, MPS and SFT)")
     # the teacher
     teacher: str = arg("reference", "reference (offline scripted expert), a GGUF preset (qwen-72b-q4, qwen-32b-q4, "
                                     "qwen-7b-q4, smol-135m-q4) or a .gguf path")
@@ -66,6 +68,7 @@ class Config:
     rl_lr: float = arg(1e-5, "RL learning rate (constant)")
     group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)")
     rl_epochs: int = arg(3, "RL passes over the start states (paper: 3)")
+    rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the budget)")
     advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)")
     kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)")
     rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)")
@@ -115,7 +118,8 @@ def resolve(config: Config) -> Config:
         on_gpu = config.device != "cpu" and torch.cuda.is_available()
         preset = "gpu" if on_gpu and config.student not in SMALL_STUDENTS else "cpu"
     if preset not in PRESETS:
-        raise SystemExit(f"error: unknown --preset {config.preset!r}: use auto, {', '.join(PRESETS)}")
+        from runs import ConfigError
+        raise ConfigError(f"unknown --preset {config.preset!r}: use auto, {', '.join(PRESETS)}")
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
     return dataclasses.replace(config, preset=preset, **filled)
 
@@ -205,20 +209,55 @@ def make_sandbox(config: Config):
     return lambda corpus: Sandbox(corpus=corpus, timeout_s=config.timeout_s, max_output_chars=config.max_output_chars)
 
 
+OPENED_TEACHERS: list = []  # every teacher this process opened: their call counts go to phases.json
+
+
+def teacher_calls() -> int:
+    return sum(t.stats.calls for t in OPENED_TEACHERS)
+
+
+def add_phase_cost(run_dir: Path, phase: str, wall_s: float, calls: int, console) -> None:
+    """Add this invocation's wall time and teacher calls to the phase's entry (summed over resumes),
+    and its peak GPU memory when there is a GPU; print them in one line."""
+    import torch
+    from runs import mark_phase_done
+    entry = finished_phases(run_dir).get(phase)
+    if entry is None:  # the phase did not finish (it stopped early with nothing to do): nothing to add
+        return
+    cost = dict(wall_s=entry.get("wall_s", 0.0) + wall_s, teacher_calls=entry.get("teacher_calls", 0) + calls)
+    line = f"{phase}: done in {wall_s:.0f} s, {calls} teacher calls"
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cost["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        torch.cuda.reset_peak_memory_stats()
+        line += f", peak GPU memory {cost['peak_gpu_gb']:.1f} GiB (torch; llama.cpp's own memory not included)"
+    mark_phase_done(run_dir, phase, dict(entry, **cost))
+    console.print(line)
+
+
 def open_teacher(config: Config, run_dir: Path, tasks: list, console):
     from teacher import make_teacher
     if config.teacher == "reference" and not config.teacher_url:
         console.print("teacher: reference (a scripted expert built from the tasks' reference solutions; the "
                       "offline GGUF is too small to teach, see README)")
     cache = Path(config.teacher_cache) if config.teacher_cache else run_dir / "teacher_cache.jsonl"
-    return make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
-                        gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
-                        seed=config.seed)
+    teacher = make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
+                           gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
+                           seed=config.seed)
+    OPENED_TEACHERS.append(teacher)
+    return teacher
+
+
+def main_process() -> bool:
+    """False in the other processes of `accelerate launch` (they train; rank 0 alone evaluates)."""
+    import os
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_path: str = "") -> dict:
     """Run the student (or, with label "teacher", the teacher) as an agent on test tasks; one graded
     trajectory per line in eval/<label>.jsonl, resumable by task id."""
+    if not main_process():  # under `accelerate launch` the other processes train; rank 0 alone evaluates
+        return {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from agent import Start, build_indexes, derive_seed, rollout
     from runs import append_jsonl, read_jsonl, write_json_atomic
@@ -320,6 +359,7 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     start = next((str(run_dir / "checkpoints" / p) for p in ("sft", "bc") if done.get(p, {}).get("trained")),
                  config.student)
     rl_config = dataclasses.replace(RL_PRESETS[config.preset], lr=config.rl_lr, epochs=config.rl_epochs,
+                                    num_updates=config.rl_updates,
                                     advantage=config.advantage, kl_coef=config.kl_coef, rl_start=config.rl_start,
                                     reward=config.reward, key_step_judge=config.key_step_judge, seed=config.seed,
                                     **({"group_size": config.group_size} if config.group_size else {}))
@@ -437,6 +477,150 @@ def print_summary(summary: dict, console) -> None:
                   f"({summary['tok_per_s']:.1f} tok/s, tools and prefill included)")
 
 
+# ----------------------------------------------------------------------------------------------
+# Before the phases: branching, the budget table, a memory check
+
+
+# --init-from copies a finished phase only if no option it depends on changed. Each result-affecting
+# field names the first phase it affects; fields not listed here affect everything (student, tasks...).
+FIRST_PHASE_OF = {"bc_fraction": "bc", "sft_lr": "bc", "sft_epochs": "bc", "method": "bc",
+                  "max_corrections": "mps", "mps_temperature": "mps", "keep_correct_rate": "mps",
+                  "teacher_sees": "mps", "rl_lr": "rl", "group_size": "rl", "rl_epochs": "rl", "rl_updates": "rl",
+                  "advantage": "rl", "kl_coef": "rl", "rl_start": "rl", "reward": "rl", "key_step_judge": "rl"}
+
+
+def init_from(config: Config, run_dir: Path, console) -> None:
+    """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
+    from runs import ConfigError, branch_run
+    source = Path(config.init_from) if Path(config.init_from).is_dir() else Path(config.runs_dir) / config.init_from
+    if not (source / "config.json").exists():
+        raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
+    if (run_dir / "phases.json").exists():
+        return  # already branched: this is a resume
+    saved = json.loads((source / "config.json").read_text())
+    mine = dataclasses.asdict(config)
+    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and k in saved and saved[k] != mine[k]]
+    first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
+    copied = branch_run(source, run_dir, list(PHASES[:first]))
+    console.print(f"init-from {source.name}: copied finished phases {', '.join(copied) or 'none'}"
+                  + (f" (changed: {', '.join(changed)})" if changed else ""))
+
+
+# Seconds on the reference machine (2-core x86 CPU, SmolLM2-135M; bench/RESULTS.md), for the budget
+# table. They are estimates: a student that finishes early (after BC) is faster than one that does not.
+CPU_SECONDS = {"eval_task": 4.0, "mps_task": 6.0, "train_token": 1 / 110, "rl_episode": 12.0}
+TOKENS_PER_TRAJECTORY = 350  # the default task sets' trajectories, system prompt included
+
+
+def budget(config: Config) -> list[tuple[str, str, float | None]]:
+    """(phase, what it does, expected minutes or None) for each phase this command runs."""
+    from rl import RL_PRESETS
+    sets = len(config.tasks.split(","))
+    train = config.n * sets
+    bc = train if config.method == "imitation" else round(train * config.bc_fraction)
+    mps = train - bc
+    rl_preset = RL_PRESETS[config.preset]
+    group = config.group_size or rl_preset.group_size
+    starts = max(1, mps // 4)  # about half the MPS tasks are in the RL half, about half of those corrected
+    updates = config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
+    evals = 1 + sum(p in config.phases for p in ("bc", "sft", "rl"))
+    cpu = config.preset == "cpu" and config.student in SMALL_STUDENTS
+    minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
+    rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluations + the teacher's",
+                     minutes(evals * config.n * sets * CPU_SECONDS["eval_task"])),
+            "bc": (f"teacher solves {bc} tasks; {config.sft_epochs} epochs at lr {config.sft_lr:g}",
+                   minutes(bc * config.sft_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
+            "mps": (f"{mps} tasks, at most {config.max_corrections} corrections each",
+                    minutes(mps * CPU_SECONDS["mps_task"])),
+            "sft": (f"~{mps // 2} tasks in the SFT half; {config.sft_epochs} epochs",
+                    minutes(mps // 2 * config.sft_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
+            "rl": (f"{updates} updates x {rl_preset.prompts_per_update} start states x {group} continuations",
+                   minutes(updates * rl_preset.prompts_per_update * group * CPU_SECONDS["rl_episode"]))}
+    wanted = config.phases.split(",")
+    if config.method == "imitation":
+        wanted = [p for p in wanted if p in ("eval", "bc")]
+    return [(p, *rows[p]) for p in PHASES if p in wanted]
+
+
+def print_budget(config: Config, console) -> None:
+    from rich.table import Table
+    table = Table(title=f"budget: preset {config.preset} ({config.max_steps} steps, {config.max_new_tokens} new "
+                        f"tokens a turn, context {config.max_context_tokens})")
+    for column in ("phase", "work", "expected minutes"):
+        table.add_column(column)
+    rows = budget(config)
+    for phase, work, minutes in rows:
+        table.add_row(phase, work, "-" if minutes is None else f"{minutes:.0f}")
+    known = [m for _, _, m in rows if m is not None]
+    if len(known) == len(rows):
+        table.add_row("all", "", f"{sum(known):.0f}")
+    console.print(table)
+
+
+def available_memory_gb() -> float:
+    """MemAvailable of /proc/meminfo (inf where there is none, e.g. macOS: no check there)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def estimate_cpu_peak_gb(config: Config, phase: str) -> float | None:
+    """Peak resident memory of a phase on the CPU, from the student's config (no weights loaded).
+    Calibrated on SmolLM2-135M here: eval/MPS 1.8 GB, SFT 5.2 GB, RL 3.3 GB (bench/RESULTS.md).
+    Rollouts hold the weights in the rollout dtype; full fine-tuning holds fp32 weights, gradients and
+    two AdamW moments (16 bytes a parameter) plus activations of one micro-batch; LoRA (>= 1B) only
+    the frozen weights plus activations."""
+    from transformers import AutoConfig
+    from student import resolve_model_path
+    try:
+        model = AutoConfig.from_pretrained(resolve_model_path(config.student))
+    except Exception:  # a hub id that is not cached: nothing to estimate from; loading will say more
+        return None
+    hidden, layers = model.hidden_size, model.num_hidden_layers
+    mlp = getattr(model, "intermediate_size", 4 * hidden)
+    params = layers * (4 * hidden * hidden + 3 * hidden * mlp) + model.vocab_size * hidden
+    runtime = 1.0  # Python, torch, the tokenizer, the sandbox workers
+    if phase in ("eval", "mps"):
+        return runtime + params * (2 if rollout_dtype(config) == "bfloat16" else 4) * 1.5 / 2 ** 30
+    tokens = 1024 if config.preset == "cpu" else 16384  # micro-batch tokens of the presets (sft.py, rl.py)
+    activations = tokens * layers * hidden * 4 * 28 / 2 ** 30  # ~28 saved fp32 values a token and layer
+    weights = params * (4 if params >= 1e9 else 16) / 2 ** 30
+    return runtime + weights + activations
+
+
+def check_memory(config: Config, phase: str) -> None:
+    """On the CPU the kernel kills an out-of-memory process without a word: refuse before starting."""
+    from student import resolve_device
+    if resolve_device(config.device).type != "cpu":
+        return
+    need = estimate_cpu_peak_gb(config, phase)
+    free = available_memory_gb()
+    if need is not None and need > free:
+        from runs import ConfigError
+        raise ConfigError(f"{phase} needs about {need:.1f} GB of memory on the CPU but {free:.1f} GB is free: "
+                          "close other programs, or use a smaller --student (LoRA is automatic from 1B)")
+
+
+TEACHER_GB = {"qwen-72b-q4": 47, "qwen-32b-q4": 20, "qwen-7b-q4": 5}  # GGUF sizes (DESIGN.md, Models)
+
+
+def check_gpu_plan(config: Config) -> None:
+    """One GPU cannot hold a 72B teacher next to RL training (DESIGN.md, One GPU): say so at start."""
+    import torch
+    from runs import ConfigError
+    if not (config.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() == 1):
+        return
+    needs_teacher_in_rl = "rl" in config.phases and config.key_step_judge == "teacher"
+    if needs_teacher_in_rl and not config.teacher_url and TEACHER_GB.get(config.teacher, 0) > 20:
+        raise ConfigError(f"--key-step-judge teacher keeps {config.teacher} (~{TEACHER_GB[config.teacher]} GB) "
+                          "loaded during RL, which does not fit beside training on one GPU: serve it elsewhere "
+                          "(--teacher-url) or use --teacher qwen-7b-q4")
+
+
 def run_name(config: Config) -> str:
     from runs import config_hash
     student = Path(config.student.rstrip("/")).name
@@ -447,7 +631,7 @@ def run_name(config: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from bench.tasks import TaskError
-    from runs import ConfigError, open_run
+    from runs import ConfigError, mark_phase_done, open_run
     from student import StudentError
     from teacher import TeacherError
     console = Console()
@@ -459,31 +643,51 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run = Path(argv[1]) if Path(argv[1]).is_dir() else Path("runs") / argv[1]
         return show(run, argv[2] if len(argv) == 3 else None, console)
-    config = parse_args(argv)
-    run_dir = Path(config.runs_dir) / run_name(config)
+    import torch
     try:
-        open_run(run_dir, config, OPERATIONAL)
-        console.print(f"run: {run_dir}  (preset {config.preset}: {config.max_steps} steps, "
-                      f"{config.max_new_tokens} new tokens a turn, context {config.max_context_tokens})")
+        config = parse_args(argv)
+        run_dir = Path(config.runs_dir) / run_name(config)
         for phase in config.phases.split(","):
             if phase not in PHASES:
                 raise ConfigError(f"unknown phase {phase!r}: choose from {', '.join(PHASES)}")
+        check_gpu_plan(config)
+        fresh = not (run_dir / "config.json").exists()
+        open_run(run_dir, config, OPERATIONAL)
+        console.print(f"run: {run_dir}")
+        if config.init_from and fresh:
+            init_from(config, run_dir, console)
+        print_budget(config, console)
+        for phase in config.phases.split(","):
+            check_memory(config, phase)
+            began, calls_before = time.perf_counter(), teacher_calls()
             if phase == "eval":
                 phase_eval(config, run_dir, console)
                 if "," in config.phases:  # the whole loop also evaluates the teacher, in the same harness
                     phase_eval(config, run_dir, console, label="teacher")
+                mark_phase_done(run_dir, "eval", {})
             elif phase == "bc":
                 phase_bc(config, run_dir, console)
             elif config.method == "imitation":  # the baseline is BC on all training tasks, then eval
                 console.print(f"{phase}: skipped: --method imitation trains only by imitation (phase bc)")
+                continue
             elif phase == "mps":
                 phase_mps(config, run_dir, console)
             elif phase == "sft":
                 phase_sft(config, run_dir, console)
             elif phase == "rl":
                 phase_rl(config, run_dir, console)
+            add_phase_cost(run_dir, phase, time.perf_counter() - began, teacher_calls() - calls_before, console)
+        if "," in config.phases and main_process():  # the whole loop ends with the report
+            from report import final_report
+            final_report(run_dir, console)
     except (ConfigError, StudentError, TaskError, TeacherError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except torch.OutOfMemoryError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        console.print(f"[red]error:[/red] CUDA out of memory ({first[:120]}): try a smaller --eval-batch-size, "
+                      "a LoRA student (automatic from 1B), or a smaller teacher (--teacher qwen-32b-q4 or "
+                      "--teacher-url); finished records are kept and the same command resumes", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished records are saved; run the same command again to resume")

@@ -373,6 +373,7 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
 
     # 4. The loop.
     wall_s, last_loss = 0.0, float("nan")
+    pending: list[dict] = []  # metrics lines, appended with the next checkpoint (a redone update never repeats one)
     model.train()
     progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=console, disable=not config.progress)
@@ -418,8 +419,7 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
                 "sft/lr": lr,  # learning rate this update used
                 "sft/grad_norm": float(grad_norm),  # global gradient norm before clipping
             }
-            if accelerator.is_main_process:
-                append_jsonl(metrics_path, record)
+            pending.append(record)
             console.print(f"{label} update {update_idx + 1}/{num_updates} loss {last_loss:.4f} lr {lr:.2e} "
                           f"grad_norm {float(grad_norm):.2f} tokens {num_update_tokens}/{row_tokens} "
                           f"{record['sft/tok_per_s']:.0f} tok/s")
@@ -434,6 +434,9 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
                          "fingerprint": fingerprint, "world_size": world, "label": label, "commit": git_commit()}
                 if accelerator.is_main_process:
                     save_training_state(ckpt_path, accelerator.unwrap_model(model), optimizer, state, scheduler)
+                    for line in pending:
+                        append_jsonl(metrics_path, line)
+                pending = []
                 accelerator.wait_for_everyone()
             start = update_idx + 1
 

@@ -476,6 +476,7 @@ class ReferenceTeacher(Teacher):
         return task if task is not None and len(task.solution) >= 2 else None
 
     def verdict(self, trajectory: Trajectory, reference_answer: str) -> Verdict | None:
+        self.stats.calls += 1  # an answer from the rules, counted like a model call
         task = self._task(trajectory.task_id)
         if task is None:  # no reference solution: this teacher cannot judge
             self.stats.failures += 1
@@ -488,6 +489,7 @@ class ReferenceTeacher(Teacher):
         return Verdict(first_error_step=k, analysis=f"Step {k}: {why}." if k else why + ".", suggestion=suggestion)
 
     def replacement_step(self, task, prefix: list[Step], wrong_step: Step, verdict: Verdict) -> Step | None:
+        self.stats.calls += 1  # an answer from the rules, counted like a model call
         task = self._task(task.id) or (task if len(task.solution) >= 2 else None)
         if task is None:
             self.stats.failures += 1
@@ -503,6 +505,7 @@ class ReferenceTeacher(Teacher):
 
     def solve(self, task, rollout_config: RolloutConfig, seed: int) -> Trajectory:
         """The reference solution, run in a sandbox and graded: phase 0 data and the oracle row."""
+        self.stats.calls += 1
         trajectory = self.new_trajectory(task, seed)
         if not task.solution:
             trajectory.end_reason = "no reference solution"
@@ -524,6 +527,7 @@ class ReferenceTeacher(Teacher):
     def equivalent(self, task, prefix: list[Step], step_a: Step, step_b: Step) -> bool:
         """Same reference checkpoints shown (non-empty) and the same graded final answer, no errors."""
         task = self._task(task.id) or task
+        self.stats.calls += 1
 
         # A coarse signature of what a step achieved on the reference path; errors match nothing.
         def signature(step: Step):

@@ -96,3 +96,57 @@ def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
     assert "rl" in phases  # with no key step, RL has only question-only starts (or nothing) but finishes
     assert score.main(args) == 0
     assert "0 already done" not in capsys.readouterr().out.split("mps:")[1].split("\n")[0]
+    phases = json.loads((run / "phases.json").read_text())
+    assert all(phases[p]["wall_s"] > 0 for p in ("bc", "mps", "sft", "rl"))  # costs for the report
+    assert phases["bc"]["teacher_calls"] == len(bc) and phases["mps"]["teacher_calls"] >= 0
+    assert (run / "report.md").exists() and "after BC" in (run / "report.md").read_text()
+
+    # --init-from: an RL ablation shares bc, mps and sft with the run above and recomputes only rl
+    ablation = args[:args.index("--run")] + ["--run", "ablation", "--init-from", "loop", "--reward", "outcome",
+                                             *args[args.index("--run") + 2:]]
+    assert score.main(ablation) == 0
+    out = capsys.readouterr().out
+    assert "copied finished phases bc, mps, sft (changed: reward)" in out
+    branched = json.loads((tmp_path / "ablation" / "phases.json").read_text())
+    assert branched["mps"]["copied_from"] == "loop" and "copied_from" not in branched["rl"]
+    assert read_jsonl(tmp_path / "ablation" / "mps.jsonl") == read_jsonl(run / "mps.jsonl")
+
+
+def test_budget_table_is_printed_at_start(tiny_dir, tmp_path, capsys):
+    config = score.parse_args(["--n", "20"])
+    rows = {phase: (work, minutes) for phase, work, minutes in score.budget(config)}
+    assert list(rows) == list(score.PHASES) and all(m is not None and m > 0 for _, m in rows.values())
+    assert "8 tasks" in rows["bc"][0]  # 40 training tasks x bc_fraction 0.2
+    imitation = score.parse_args(["--method", "imitation"])
+    assert [p for p, _, _ in score.budget(imitation)] == ["eval", "bc"]
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
+    assert "budget: preset" in capsys.readouterr().out
+
+
+def test_cpu_phase_that_would_not_fit_in_memory_is_refused(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(score, "available_memory_gb", lambda: 0.25)
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 2
+    out = capsys.readouterr().out
+    assert "needs about" in out and "GB is free" in out and out.count("error:") == 1
+    assert not (tmp_path / "t" / "eval" / "base.jsonl").exists()  # refused before it started
+
+
+def test_cuda_out_of_memory_ends_with_a_hint(tiny_dir, tmp_path, capsys, monkeypatch):
+    """The error is injected: the phase raises what torch raises when a CUDA allocation fails."""
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(score, "phase_eval", out_of_memory)
+    assert score.main(_eval_args(tiny_dir, tmp_path)) == 2
+    out = capsys.readouterr().out
+    assert "CUDA out of memory" in out and "--eval-batch-size" in out and "Traceback" not in out
+
+
+def test_unknown_preset_and_missing_init_from_are_one_line(tmp_path, capsys):
+    assert score.main(["eval", "--preset", "huge", "--runs-dir", str(tmp_path)]) == 2
+    assert score.main(["eval", "--init-from", "nowhere", "--runs-dir", str(tmp_path), "--n", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "unknown --preset 'huge'" in out and "--init-from nowhere: no run there" in out
+    assert out.count("error:") == 2 and "Traceback" not in out

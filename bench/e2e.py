@@ -1,0 +1,149 @@
+"""End-to-end budget of `python score.py`: wall time and peak memory of the whole command.
+
+Runs `python score.py [ARGS]` from the repo root `--repeats` times, each in a fresh temporary
+--runs-dir (so nothing resumes), and reports the median wall seconds and the median peak RSS.
+Peak RSS is of the whole process tree (score.py plus its children, e.g. sandbox workers), summed at
+each /proc sample every 0.2 s. Summing VmRSS counts pages shared between processes once per process,
+so it is an upper bound on the tree's real footprint; a spike shorter than 0.2 s may be missed.
+
+    python bench/e2e.py                                   # the default loop, 3 times (~20 min each on 2 cores)
+    python bench/e2e.py --repeats 1 -- --preset cpu       # anything after `--` goes to score.py
+    python bench/e2e.py --repeats 1 --keep -- eval --n 4 --threads 1
+
+Prints the machine, commit and date, a line per run with its eval scores, then `RESULT name=value`
+lines last; figures go to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_S = 0.2  # how often /proc is read
+
+
+def parents() -> dict[int, list[int]]:
+    """parent pid -> child pids, from one scan of /proc/*/stat (for kernels without children lists)."""
+    tree: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        except (OSError, IndexError):  # exited since it was listed
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))  # fields: state, ppid, ...
+    return tree
+
+
+def children(pid: int, tree: dict[int, list[int]] | None) -> list[int]:
+    """Direct children of `pid`: the kernel's per-thread lists where it keeps them (CONFIG_PROC_CHILDREN),
+    else the /proc scan in `tree`."""
+    if tree is not None:
+        return tree.get(pid, [])
+    found = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            found += [int(x) for x in Path(path).read_text().split()]
+        except OSError:  # the thread ended between glob and read
+            pass
+    return found
+
+
+def tree_rss_kib(root: int) -> int:
+    """Sum of VmRSS (KiB) over `root` and all its descendants alive now."""
+    tree = None if glob.glob(f"/proc/{root}/task/*/children") else parents()
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # exited since it was listed
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        stack += children(pid, tree)
+    return total
+
+
+def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, Path]:
+    """(exit code, wall s, peak tree RSS in MB, log file) of one score.py run with its own runs dir."""
+    log = runs_dir / "output.log"
+    # Our --runs-dir comes last, so it wins over one in `extra` (argparse keeps the last value).
+    command = [sys.executable, "score.py", *extra, "--runs-dir", str(runs_dir)]
+    peak_kib = 0
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            peak_kib = max(peak_kib, tree_rss_kib(process.pid))
+            time.sleep(SAMPLE_S)
+    wall_s = time.perf_counter() - began
+    return process.returncode, wall_s, peak_kib * 1024 / 1e6, log
+
+
+def score_lines(runs_dir: Path) -> list[str]:
+    """One line per eval/<label>.json of the run (in the order they were written) and task set."""
+    lines = []
+    for path in sorted(runs_dir.glob("*/eval/*.json"), key=lambda p: p.stat().st_mtime):
+        for name, row in json.loads(path.read_text())["task_sets"].items():
+            low, high = row["ci95"]
+            lines.append(f"    {path.stem:>10} {name:>8}: {row['score']:.2f} [{low:.2f}, {high:.2f}] n={row['n']}")
+    return lines
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return (f"machine: {model}, {os.cpu_count()} cores | commit {commit.stdout.strip() or 'unknown'} | "
+            f"date {datetime.date.today().isoformat()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     usage="python bench/e2e.py [--repeats N] [--keep] [-- SCORE_ARGS ...]")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the command (medians reported)")
+    parser.add_argument("--keep", action="store_true", help="keep the run directories and print where they are")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:split]), argv[split + 1:]
+    preset = next((a.split("=", 1)[1] for a in extra if a.startswith("--preset=")), None)
+    if "--preset" in extra[:-1]:
+        preset = extra[extra.index("--preset") + 1]
+    name = f"e2e_{(preset or 'default').replace('-', '_')}"
+    print(machine())
+    print(f"command: python score.py {' '.join(extra)}  (x{args.repeats}, each in a fresh --runs-dir)", flush=True)
+    walls, peaks = [], []
+    for index in range(1, args.repeats + 1):
+        runs_dir = Path(tempfile.mkdtemp(prefix="score_e2e_"))
+        code, wall_s, peak_mb, log = run_once(extra, runs_dir)
+        print(f"run {index}/{args.repeats}: exit {code}, {wall_s:.1f} s wall, peak RSS {peak_mb:.0f} MB (tree)")
+        if code != 0:
+            print(f"score.py failed (exit {code}); its last output lines:")
+            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+            print(f"run directory kept: {runs_dir}")
+            return 1
+        print("\n".join(score_lines(runs_dir)) or "    (no eval/*.json written)", flush=True)
+        walls.append(wall_s)
+        peaks.append(peak_mb)
+        if args.keep:
+            print(f"    kept: {runs_dir}")
+        else:
+            shutil.rmtree(runs_dir)
+    print(f"median over {len(walls)} runs: {statistics.median(walls):.1f} s wall, "
+          f"peak RSS {statistics.median(peaks):.0f} MB")
+    print(f"RESULT {name}_wall_s={statistics.median(walls):.1f}")
+    print(f"RESULT e2e_peak_rss_mb={statistics.median(peaks):.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
