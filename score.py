@@ -45,7 +45,8 @@ class Config:
     student: str = arg("smol-135m", "student: a preset (smol-135m, qwen-0.5b..qwen-7b, llama-8b), hub id or local dir")
     tasks: str = arg("arith,lookup", "comma-separated task sets (arith, lookup, gsm8k, math500, aime24, aime25, "
                                      "hotpotqa, 2wiki, musique, bamboogle) or paths to .jsonl files")
-    n: int = arg(20, "training tasks for training phases; test tasks per task set for eval")
+    n: int | None = arg(None, "tasks per task set: training tasks for training phases, test tasks for eval "
+                              "(cpu preset 20, cpu-full 80, gpu 100)")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
     method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)")
     init_from: str = arg("", "a run (name or directory) whose finished phases this new run starts from, up to "
@@ -58,7 +59,8 @@ class Config:
     teacher_cache: str = arg("", "file of cached teacher calls, shareable across runs (default: inside the run)")
     teacher_gpu_layers: int = arg(-1, "llama.cpp layers on the GPU (-1 = all, when CUDA is present)")
     # phases 0-1
-    bc_fraction: float = arg(0.2, "share of training tasks the teacher solves for the BC warm start (paper: 20%)")
+    bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
+                                          "(paper and gpu preset: 0.2; cpu preset: 0.5, see bench/RESULTS.md)")
     max_corrections: int = arg(3, "teacher corrections per MPS episode (paper: 3 in its code)")
     mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)")
     keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)")
@@ -74,7 +76,8 @@ class Config:
     rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)")
     reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)")
     key_step_judge: str = arg("signature", "signature (compare stored observations) or teacher (ask the teacher)")
-    preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu")
+    preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu, or "
+                              "cpu-full (the larger CPU run that bench/RESULTS.md reports, at most 2 hours)")
     # agent budgets (None = from the preset)
     max_steps: int | None = arg(None, "steps per episode, the plan included (paper: 8)")
     max_new_tokens: int | None = arg(None, "new tokens per assistant turn")
@@ -102,12 +105,22 @@ OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label
 
 # DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
-    "cpu": dict(max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
-                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, sft_lr=3e-4, sft_epochs=3),
-    "gpu": dict(max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
-                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3),
+    "cpu": dict(n=20, max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
+                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, sft_lr=3e-4, sft_epochs=3,
+                bc_fraction=0.5, rl_updates=4),
+    "gpu": dict(n=100, max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
+                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3,
+                bc_fraction=0.2),
 }
+# The larger CPU run whose result bench/RESULTS.md reports (at most 2 hours on the 2-core machine);
+# the quick default is for watching the mechanism work.
+PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, rl_updates=12)
 SMALL_STUDENTS = {"smol-135m"}
+
+
+def hardware(config: Config) -> str:
+    """The training presets of sft.py and rl.py are per machine kind: cpu (cpu, cpu-full) or gpu."""
+    return "gpu" if config.preset == "gpu" else "cpu"
 
 
 def resolve(config: Config) -> Config:
@@ -132,7 +145,7 @@ def parse_args(argv: list[str]) -> Config:
         kind = {int: int, float: float, str: str}.get(type(f.default), None)
         if kind is None:  # Optional fields: the type named in the annotation
             kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"].replace("%", "%%"))
     args = vars(parser.parse_args(argv))
     phase = args.pop("phase")
     config = Config(**args)
@@ -269,7 +282,7 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
     records_path = run_dir / "eval" / f"{label}.jsonl"
     done = {r["task_id"]: r for r in read_jsonl(records_path)}  # resume: keep what finished
     todo = [t for t in tasks if t.id not in done]
-    console.print(f"eval [{label}]: {len(tasks)} tasks ({len(done)} already done), {who}")
+    console.print(f"eval \\[{label}]: {len(tasks)} tasks ({len(done)} already done), {who}")
     began = time.perf_counter()
     if todo:
         settings = rollout_config(config, config.eval_temperature, config.eval_top_p)
@@ -307,7 +320,7 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
 
 def sft_config(config: Config):
     from sft import SFT_PRESETS
-    return dataclasses.replace(SFT_PRESETS[config.preset], lr=config.sft_lr, epochs=config.sft_epochs, seed=config.seed)
+    return dataclasses.replace(SFT_PRESETS[hardware(config)], lr=config.sft_lr, epochs=config.sft_epochs, seed=config.seed)
 
 
 def phase_bc(config: Config, run_dir: Path, console) -> None:
@@ -358,7 +371,7 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     done = finished_phases(run_dir)
     start = next((str(run_dir / "checkpoints" / p) for p in ("sft", "bc") if done.get(p, {}).get("trained")),
                  config.student)
-    rl_config = dataclasses.replace(RL_PRESETS[config.preset], lr=config.rl_lr, epochs=config.rl_epochs,
+    rl_config = dataclasses.replace(RL_PRESETS[hardware(config)], lr=config.rl_lr, epochs=config.rl_epochs,
                                     num_updates=config.rl_updates,
                                     advantage=config.advantage, kl_coef=config.kl_coef, rl_start=config.rl_start,
                                     reward=config.reward, key_step_judge=config.key_step_judge, seed=config.seed,
@@ -519,12 +532,12 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     train = config.n * sets
     bc = train if config.method == "imitation" else round(train * config.bc_fraction)
     mps = train - bc
-    rl_preset = RL_PRESETS[config.preset]
+    rl_preset = RL_PRESETS[hardware(config)]
     group = config.group_size or rl_preset.group_size
     starts = max(1, mps // 4)  # about half the MPS tasks are in the RL half, about half of those corrected
     updates = config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
     evals = 1 + sum(p in config.phases for p in ("bc", "sft", "rl"))
-    cpu = config.preset == "cpu" and config.student in SMALL_STUDENTS
+    cpu = hardware(config) == "cpu" and config.student in SMALL_STUDENTS
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
     rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluations + the teacher's",
                      minutes(evals * config.n * sets * CPU_SECONDS["eval_task"])),
@@ -586,7 +599,7 @@ def estimate_cpu_peak_gb(config: Config, phase: str) -> float | None:
     runtime = 1.0  # Python, torch, the tokenizer, the sandbox workers
     if phase in ("eval", "mps"):
         return runtime + params * (2 if rollout_dtype(config) == "bfloat16" else 4) * 1.5 / 2 ** 30
-    tokens = 1024 if config.preset == "cpu" else 16384  # micro-batch tokens of the presets (sft.py, rl.py)
+    tokens = 1024 if hardware(config) == "cpu" else 16384  # micro-batch tokens of the presets (sft.py, rl.py)
     activations = tokens * layers * hidden * 4 * 28 / 2 ** 30  # ~28 saved fp32 values a token and layer
     weights = params * (4 if params >= 1e9 else 16) / 2 ** 30
     return runtime + weights + activations

@@ -129,6 +129,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if (out_dir / "config.json").exists():
+        drop_quantization_marker(out_dir / "config.json")  # caches written before the marker was dropped
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
@@ -139,11 +140,23 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     rebuilt.generation_config = loaded.generation_config
     rebuilt.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    drop_quantization_marker(tmp / "config.json")
     try:
         os.replace(tmp, out_dir)
     except OSError:  # another process converted it first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def drop_quantization_marker(config_path: Path) -> None:
+    """The de-quantised weights are plain floats, but the config copied from the GGUF load still names
+    the GGUF quantizer; left in, transformers would load the directory through its GGUF path again."""
+    config = json.loads(config_path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        fd, tmp = tempfile.mkstemp(prefix="config.", dir=config_path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent=2)
+        os.replace(tmp, config_path)
 
 
 def resolve_model_path(name: str) -> str:

@@ -16,17 +16,26 @@ Per case, in order:  reset -> prompt only (1 token)      prompt tokens/s
 
     python bench/teacher_speed.py                       # smol-135m-q4 on this CPU, 4 cases
     python bench/teacher_speed.py --teacher qwen-7b-q4 --cases 8
+    python bench/teacher_speed.py --rerun-student runs/R/checkpoints/bc --n 8   # the teacher cache, end to end
+
+With --rerun-student it measures the persistent teacher cache instead: `score.py mps` runs twice, each
+in a fresh run directory, sharing one --teacher-cache file; the second run must make no teacher call
+(its student rollouts are seeded the same, so every prompt is one the first run already asked).
 
 Prints `RESULT name=value` lines last; figures go to bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,13 +54,36 @@ def timed(teacher: GGUFTeacher, messages, max_tokens: int, schema=None, stop=Non
     return time.perf_counter() - began, reply
 
 
+def rerun(args) -> None:
+    """Two MPS runs in fresh run directories sharing one teacher cache: teacher calls of each."""
+    root = Path(tempfile.mkdtemp(prefix="teacher-cache-"))
+    cache = root / "teacher_cache.jsonl"
+    calls = []
+    for attempt in ("first", "rerun"):
+        command = [sys.executable, "score.py", "mps", "--student", args.rerun_student, "--teacher", args.teacher,
+                   "--n", str(args.n), "--teacher-cache", str(cache), "--runs-dir", str(root / attempt),
+                   "--run", "r"] + (["--threads", str(args.threads)] if args.threads else [])
+        began = time.perf_counter()
+        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent)
+        phases = json.loads((root / attempt / "r" / "phases.json").read_text())
+        calls.append(phases["mps"]["teacher_calls"])
+        print(f"{attempt}: {calls[-1]} teacher calls, {time.perf_counter() - began:.0f} s", flush=True)
+    print(f"RESULT teacher={args.teacher}")
+    print(f"RESULT teacher_calls_first={calls[0]}")
+    print(f"RESULT teacher_calls_on_rerun={calls[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="smol-135m-q4", help="a preset or a .gguf path")
     parser.add_argument("--cases", type=int, default=4, help="planted trajectories to time (half arith, half lookup)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rerun-student", default="", help="measure the teacher cache with two MPS runs of this student")
+    parser.add_argument("--n", type=int, default=8, help="training tasks per task set for --rerun-student")
     args = parser.parse_args()
+    if args.rerun_student:
+        return rerun(args)
     half = (args.cases + 1) // 2
     tasks = load_tasks("arith", "test", half, seed=args.seed) + load_tasks("lookup", "test", half, seed=args.seed)
     teacher = make_teacher(args.teacher, tasks, threads=args.threads, seed=args.seed)

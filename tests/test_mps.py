@@ -184,3 +184,46 @@ def test_show_prints_the_correction_side_by_side(tokenizer, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "first error at step 2" in out and "x = 6 * 8" in out and "x = 6 * 7" in out and "valid" in out
     assert show(tmp_path, "nope") == 2
+
+
+def test_a_full_mps_round_through_llama_cpp(tokenizer, tmp_path):
+    """The real LLM path end to end: planted wrong answers, the SmolLM2 GGUF teacher through llama.cpp
+    (too small to be right, so only the protocol is checked, not the teacher's judgement): each episode
+    gets one verdict call; it ends either corrected (a teacher step at the blamed index, run after a
+    replay, with its validity recorded) or hard with one of METHOD.md's reasons; the records and the
+    diagnostics are complete, and a second round on the same cache makes no model call."""
+    from bench.tasks import load_tasks
+    from teacher import TeacherConfig, make_teacher
+    tasks = load_tasks("arith", "train", 2, seed=0)
+    small = TeacherConfig(verdict_max_tokens=256, step_max_tokens=96)
+    cache = tmp_path / "cache.jsonl"
+
+    def one_round():
+        teacher = make_teacher("smol-135m-q4", tasks, cache_path=cache, seed=0, config=small)
+        student = _planted_student(tokenizer, tasks, lambda task: "final_answer(12345)")
+        finished = run_mps(student, teacher, tasks, {t.id: "sft" for t in tasks}, RolloutConfig(max_steps=6),
+                           MPSConfig(max_corrections=1), _sandbox, lambda t: None)
+        teacher.close()
+        return finished, teacher.stats
+
+    finished, stats = one_round()
+    assert len(finished) == len(tasks) and stats.calls >= len(tasks) and stats.failures <= stats.calls
+    reasons = {"still wrong after max corrections", "no usable verdict", "teacher found no error in a wrong episode",
+               "first_error_step out of range", "first_error_step not after the last teacher step",
+               "no usable replacement step"}
+    for t in finished:
+        assert len(t.corrections) <= 1  # max_corrections=1
+        for record in t.corrections:  # every verdict is recorded, usable or not
+            assert record["verdict"]["first_error_step"] == record["k"] and isinstance(record["valid"], bool)
+            if record["teacher_step"] is not None:  # a correction: the teacher's step sits at the blamed index
+                assert 1 <= record["k"] <= 2 and t.steps[record["k"] - 1].author == "teacher"
+            else:
+                assert t.hard
+        if t.hard:
+            assert t.hard_reason in reasons or t.hard_reason.startswith("unfinished"), t.hard_reason
+        else:
+            assert t.corrections and t.correct  # not hard: corrected into a right answer
+    assert diagnostics(finished)["episodes"] == len(tasks)
+    again, stats = one_round()
+    assert stats.calls == 0 and stats.cache_hits >= len(tasks)
+    assert [t.to_dict()["corrections"] for t in again] == [t.to_dict()["corrections"] for t in finished]

@@ -116,7 +116,7 @@ def test_budget_table_is_printed_at_start(tiny_dir, tmp_path, capsys):
     config = score.parse_args(["--n", "20"])
     rows = {phase: (work, minutes) for phase, work, minutes in score.budget(config)}
     assert list(rows) == list(score.PHASES) and all(m is not None and m > 0 for _, m in rows.values())
-    assert "8 tasks" in rows["bc"][0]  # 40 training tasks x bc_fraction 0.2
+    assert "20 tasks" in rows["bc"][0]  # 40 training tasks x the cpu preset's bc_fraction 0.5
     imitation = score.parse_args(["--method", "imitation"])
     assert [p for p, _, _ in score.budget(imitation)] == ["eval", "bc"]
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
@@ -150,3 +150,19 @@ def test_unknown_preset_and_missing_init_from_are_one_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "unknown --preset 'huge'" in out and "--init-from nowhere: no run there" in out
     assert out.count("error:") == 2 and "Traceback" not in out
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        score.parse_args(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all("--" + f.name.replace("_", "-") in out for f in score.dataclasses.fields(score.Config))
+
+
+def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
+    quick, full = score.parse_args([]), score.parse_args(["--preset", "cpu-full"])
+    assert (quick.preset, quick.n) == ("cpu", 20) and (full.n, full.rl_updates) == (80, 12)
+    assert score.hardware(full) == "cpu" and full.max_steps == quick.max_steps
+    assert score.sft_config(full) == score.sft_config(quick)  # the same training presets, more data
+    assert score.parse_args(["--preset", "cpu-full", "--n", "5"]).n == 5  # an explicit option wins
