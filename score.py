@@ -65,8 +65,10 @@ class Config:
     mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)")
     keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)")
     # training (None = from the preset)
-    sft_lr: float | None = arg(None, "SFT peak learning rate (BC and SCoRe-SFT)")
-    sft_epochs: int | None = arg(None, "SFT epochs")
+    bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student")
+    bc_epochs: int | None = arg(None, "epochs of the BC warm start")
+    sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights")
+    sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT")
     rl_lr: float = arg(1e-5, "RL learning rate (constant)")
     group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)")
     rl_epochs: int = arg(3, "RL passes over the start states (paper: 3)")
@@ -103,13 +105,19 @@ class Config:
 OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
                "teacher_gpu_layers", "teacher_url"}
 
+# SCoRe-SFT continues from the BC weights on ~10 trajectories: the BC lr (3e-4) overfits them and the
+# student unlearns (bench/RESULTS.md, "SCoRe-SFT learning rate"), so phase 2 has its own, lower lr.
+SFT_LR_CPU = 3e-5
+
 # DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
     "cpu": dict(n=20, max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
-                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, sft_lr=3e-4, sft_epochs=3,
+                eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, bc_lr=3e-4, bc_epochs=3,
+                sft_lr=SFT_LR_CPU, sft_epochs=3,
                 bc_fraction=0.5, rl_updates=4),
     "gpu": dict(n=100, max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
-                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, sft_lr=1e-4, sft_epochs=3,
+                eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, bc_lr=1e-4, bc_epochs=3,
+                sft_lr=1e-4, sft_epochs=3,
                 bc_fraction=0.2),
 }
 # The larger CPU run whose result bench/RESULTS.md reports (at most 2 hours on the 2-core machine);
@@ -318,9 +326,11 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
     return summary
 
 
-def sft_config(config: Config):
+def sft_config(config: Config, phase: str = "sft"):
+    """The training settings of phase 0 (bc) or phase 2 (sft): the same loop, its own lr and epochs."""
     from sft import SFT_PRESETS
-    return dataclasses.replace(SFT_PRESETS[hardware(config)], lr=config.sft_lr, epochs=config.sft_epochs, seed=config.seed)
+    lr, epochs = (config.bc_lr, config.bc_epochs) if phase == "bc" else (config.sft_lr, config.sft_epochs)
+    return dataclasses.replace(SFT_PRESETS[hardware(config)], lr=lr, epochs=epochs, seed=config.seed)
 
 
 def phase_bc(config: Config, run_dir: Path, console) -> None:
@@ -352,7 +362,7 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
         mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False})
         return
     student = load_student(config.student, config.device, config.dtype, config.threads)
-    summary = train_sft(student, correct, sft_config(config), run_dir / "checkpoints" / "bc",
+    summary = train_sft(student, correct, sft_config(config, "bc"), run_dir / "checkpoints" / "bc",
                         run_dir / "metrics.jsonl", label="bc")
     mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": len(correct), "trained": True,
                                     "updates": summary.get("num_updates")})
@@ -496,7 +506,8 @@ def print_summary(summary: dict, console) -> None:
 
 # --init-from copies a finished phase only if no option it depends on changed. Each result-affecting
 # field names the first phase it affects; fields not listed here affect everything (student, tasks...).
-FIRST_PHASE_OF = {"bc_fraction": "bc", "sft_lr": "bc", "sft_epochs": "bc", "method": "bc",
+FIRST_PHASE_OF = {"bc_fraction": "bc", "bc_lr": "bc", "bc_epochs": "bc", "method": "bc",
+                  "sft_lr": "sft", "sft_epochs": "sft",
                   "max_corrections": "mps", "mps_temperature": "mps", "keep_correct_rate": "mps",
                   "teacher_sees": "mps", "rl_lr": "rl", "group_size": "rl", "rl_epochs": "rl", "rl_updates": "rl",
                   "advantage": "rl", "kl_coef": "rl", "rl_start": "rl", "reward": "rl", "key_step_judge": "rl"}
@@ -541,11 +552,11 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
     rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluations + the teacher's",
                      minutes(evals * config.n * sets * CPU_SECONDS["eval_task"])),
-            "bc": (f"teacher solves {bc} tasks; {config.sft_epochs} epochs at lr {config.sft_lr:g}",
-                   minutes(bc * config.sft_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
+            "bc": (f"teacher solves {bc} tasks; {config.bc_epochs} epochs at lr {config.bc_lr:g}",
+                   minutes(bc * config.bc_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
             "mps": (f"{mps} tasks, at most {config.max_corrections} corrections each",
                     minutes(mps * CPU_SECONDS["mps_task"])),
-            "sft": (f"~{mps // 2} tasks in the SFT half; {config.sft_epochs} epochs",
+            "sft": (f"~{mps // 2} tasks in the SFT half; {config.sft_epochs} epochs at lr {config.sft_lr:g}",
                     minutes(mps // 2 * config.sft_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
             "rl": (f"{updates} updates x {rl_preset.prompts_per_update} start states x {group} continuations",
                    minutes(updates * rl_preset.prompts_per_update * group * CPU_SECONDS["rl_episode"]))}
