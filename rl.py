@@ -106,7 +106,7 @@ OPERATIONAL = {"checkpoint_every", "samples_every", "progress"}
 # DESIGN.md, Presets. `cpu` is the dataclass default; `gpu` is for one 80 GB card (LoRA, bf16): a 7B update
 # with these settings peaked at 37 GiB on an H100 (bench/RESULTS.md).
 RL_PRESETS = {
-    "cpu": RLConfig(prompts_per_update=2),  # 8 episodes an update: ~1 min here, so 4 updates fit the budget
+    "cpu": RLConfig(),  # 16 episodes an update: about a minute on the 2-core CPU (bench/RESULTS.md)
     "gpu": RLConfig(group_size=8, prompts_per_update=16, micro_batch_tokens=32768, gradient_checkpointing=True),
 }
 

@@ -114,7 +114,7 @@ PRESETS = {
     "cpu": dict(n=20, max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
                 eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, bc_lr=3e-4, bc_epochs=3,
                 sft_lr=SFT_LR_CPU, sft_epochs=3,
-                bc_fraction=0.5, rl_updates=4),
+                bc_fraction=0.5, rl_updates=5),
     "gpu": dict(n=100, max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
                 eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, bc_lr=1e-4, bc_epochs=3,
                 sft_lr=1e-4, sft_epochs=3,
@@ -122,7 +122,7 @@ PRESETS = {
 }
 # The larger CPU run whose result bench/RESULTS.md reports (at most 2 hours on the 2-core machine);
 # the quick default is for watching the mechanism work.
-PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, rl_updates=12)
+PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, rl_updates=20)
 SMALL_STUDENTS = {"smol-135m"}
 
 
@@ -429,8 +429,9 @@ def phase_mps(config: Config, run_dir: Path, console) -> None:
     bc_dir = run_dir / "checkpoints" / "bc"
     student_path = str(bc_dir) if finished_phases(run_dir).get("bc", {}).get("trained") else config.student
     if student_path == config.student:
-        console.print("[yellow]warning:[/yellow] no trained checkpoints/bc: MPS rolls out the base student, "
-                      "which finishes almost no episode in the agent format")
+        console.print(f"[yellow]warning:[/yellow] this run has no trained checkpoints/bc: MPS rolls out "
+                      f"--student {config.student} as it is (an untrained small student finishes almost no "
+                      "episode in the agent format)")
     console.print(f"mps: {len(share)} tasks ({len(done)} already done), student {student_path}")
     mps_config = MPSConfig(max_corrections=config.max_corrections, keep_correct_rate=config.keep_correct_rate,
                            seed=config.seed)
@@ -532,7 +533,7 @@ def init_from(config: Config, run_dir: Path, console) -> None:
 
 # Seconds on the reference machine (2-core x86 CPU, SmolLM2-135M; bench/RESULTS.md), for the budget
 # table. They are estimates: a student that finishes early (after BC) is faster than one that does not.
-CPU_SECONDS = {"eval_task": 4.0, "mps_task": 6.0, "train_token": 1 / 110, "rl_episode": 12.0}
+CPU_SECONDS = {"eval_task": 2.0, "mps_task": 2.5, "train_token": 1 / 150, "rl_episode": 4.0}
 TOKENS_PER_TRAJECTORY = 350  # the default task sets' trajectories, system prompt included
 
 

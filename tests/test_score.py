@@ -162,7 +162,7 @@ def test_help_lists_every_option(capsys):
 
 def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
     quick, full = score.parse_args([]), score.parse_args(["--preset", "cpu-full"])
-    assert (quick.preset, quick.n) == ("cpu", 20) and (full.n, full.rl_updates) == (80, 12)
+    assert (quick.preset, quick.n) == ("cpu", 20) and (full.n, full.rl_updates) == (80, 20)
     assert score.hardware(full) == "cpu" and full.max_steps == quick.max_steps
     assert score.sft_config(full) == score.sft_config(quick)  # the same training presets, more data
     assert score.parse_args(["--preset", "cpu-full", "--n", "5"]).n == 5  # an explicit option wins
