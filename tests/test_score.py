@@ -57,11 +57,17 @@ def test_resume_with_changed_settings_is_refused(tiny_dir, tmp_path, capsys):
     (["eval", "--student", "no-such-preset"], "unknown student"),
     (["eval", "--tasks", "no-such-set"], "no-such-set"),
     (["eval", "--device", "cuda"], "CUDA"),
+    (["eval", "--student", "/nowhere/model.gguf"], "student GGUF file not found: /nowhere/model.gguf"),
+    (["eval", "--tasks", "BAD_JSONL"], "bad.jsonl:2: not valid JSON"),
+    (["bc", "--teacher", "/nowhere/teacher.gguf", "--n", "1"], "/nowhere/teacher.gguf"),
 ])
 def test_user_errors_are_one_line(argv, needle, tmp_path, capsys, monkeypatch):
     """Mistakes a user can make end with one clear line and exit code 2, not a traceback."""
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bad = tmp_path / "bad.jsonl"  # a malformed task file: its second line is not JSON
+    bad.write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": \n')
+    argv = [str(bad) if a == "BAD_JSONL" else a for a in argv]
     assert score.main(argv + ["--runs-dir", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert needle in out and "Traceback" not in out and out.count("error:") == 1
