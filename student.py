@@ -463,7 +463,7 @@ def load_student(name: str = "smol-135m", device: str = "auto", dtype: str = "au
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if threads:
         torch.set_num_threads(threads)
-    if name not in STUDENT_PRESETS and not os.path.exists(name) and name.count("/") != 1:
+    if name not in STUDENT_PRESETS and not os.path.exists(name) and name.count("/") != 1 and not name.endswith(".gguf"):
         raise StudentError(f"unknown student {name!r}: use a preset ({', '.join(STUDENT_PRESETS)}), "
                            "a local model directory, or a hub id such as Qwen/Qwen2.5-7B-Instruct")
     torch_device = resolve_device(device)

@@ -70,7 +70,7 @@ def test_user_errors_are_one_line(argv, needle, tmp_path, capsys, monkeypatch):
     argv = [str(bad) if a == "BAD_JSONL" else a for a in argv]
     assert score.main(argv + ["--runs-dir", str(tmp_path)]) == 2
     out = capsys.readouterr().out
-    assert needle in out and "Traceback" not in out and out.count("error:") == 1
+    assert needle in " ".join(out.split()) and "Traceback" not in out and out.count("error:") == 1
 
 
 def test_interval95():
