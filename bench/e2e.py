@@ -2,12 +2,13 @@
 
 Runs `python score.py [ARGS]` from the repo root `--repeats` times, each in a fresh temporary
 --runs-dir (so nothing resumes), and reports the median wall seconds and the median peak RSS.
-Peak memory is of the whole process tree (score.py plus its children, e.g. sandbox workers): the
-sum of each process's proportional set size (Pss, /proc/PID/smaps_rollup; VmRSS where there is none)
-at each sample, every 0.2 s. Pss splits a page shared by several processes among them, so the sum is
-the tree's real footprint. Summing VmRSS instead counts shared pages once per process: a child that
-score.py has just forked to start a sandbox worker reports the parent's whole RSS until it execs, and
-a 5 GB run read as 10 GB. A spike shorter than 0.2 s may be missed.
+Peak memory is of the whole process tree (score.py plus its children, e.g. sandbox workers): the sum
+of VmRSS at each sample, every 0.2 s, an upper bound where processes share pages. One case is left
+out: a child that score.py has just forked to start a sandbox worker runs the parent's program in the
+parent's pages until it execs, and reports the parent's whole RSS; a child whose command line is its
+parent's is taken for such a fork and adds nothing (counted, a 5 GB run read as 10 GB). Summing Pss
+(/proc/PID/smaps_rollup) would be exact, but reading it walks a 5 GB process's page tables under its
+memory lock and slowed the run it measured about 2x. A spike shorter than 0.2 s may be missed.
 
     python bench/e2e.py                                   # the default loop, 3 times (~20 min each on 2 cores)
     python bench/e2e.py --repeats 1 -- --preset cpu       # anything after `--` goes to score.py
@@ -61,31 +62,30 @@ def children(pid: int, tree: dict[int, list[int]] | None) -> list[int]:
     return found
 
 
-def footprint_kib(pid: int) -> int | None:
-    """Pss of one process in KiB (VmRSS where smaps_rollup is missing), or None if it is gone."""
-    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
-        try:
-            text = Path(f"/proc/{pid}/{name}").read_text()
-        except FileNotFoundError:
-            if not Path(f"/proc/{pid}").exists():
-                return None  # exited since it was listed
-            continue
-        except OSError:
-            return None
-        value = next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key)), None)
-        if value is not None:
-            return value
-    return None
+def rss_and_command(pid: int) -> tuple[int, bytes] | None:
+    """(VmRSS in KiB, command line) of one process, or None if it is gone."""
+    try:  # the command line first: a fork that execs in between is then either skipped or small
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # exited since it was listed
+        return None
+    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return rss, command
 
 
 def tree_rss_kib(root: int) -> int:
-    """Sum of the footprints (KiB) of `root` and all its descendants alive now."""
+    """Sum of VmRSS (KiB) over `root` and its descendants alive now, forks not yet exec'd left out."""
     tree = None if glob.glob(f"/proc/{root}/task/*/children") else parents()
-    total, stack = 0, [root]
+    total, stack = 0, [(root, None)]
     while stack:
-        pid = stack.pop()
-        total += footprint_kib(pid) or 0
-        stack += children(pid, tree)
+        pid, parent_command = stack.pop()
+        found = rss_and_command(pid)
+        if found is None:
+            continue
+        rss, command = found
+        if command != parent_command:  # the parent's own command line: a fork before its exec
+            total += rss
+        stack += [(child, command) for child in children(pid, tree)]
     return total
 
 
