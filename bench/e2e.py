@@ -89,8 +89,10 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, Path]:
-    """(exit code, wall s, peak tree RSS in MB, log file) of one score.py run with its own runs dir."""
+def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, float, Path]:
+    """(exit code, wall s, peak tree RSS in MB, score.py's own peak RSS in MB, log file) of one run.
+    The second peak is the kernel's high-water mark of the score.py process (wait4's ru_maxrss):
+    exact, and missing no spike, but it leaves the sandbox workers out (each ~15 MB)."""
     log = runs_dir / "output.log"
     # Our --runs-dir comes last, so it wins over one in `extra` (argparse keeps the last value).
     command = [sys.executable, "score.py", *extra, "--runs-dir", str(runs_dir)]
@@ -98,11 +100,15 @@ def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, Path]
     began = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        while process.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
             peak_kib = max(peak_kib, tree_rss_kib(process.pid))
             time.sleep(SAMPLE_S)
     wall_s = time.perf_counter() - began
-    return process.returncode, wall_s, peak_kib * 1024 / 1e6, log
+    code = os.waitstatus_to_exitcode(status)
+    return code, wall_s, peak_kib * 1024 / 1e6, usage.ru_maxrss * 1024 / 1e6, log
 
 
 def score_lines(runs_dir: Path) -> list[str]:
@@ -140,8 +146,9 @@ def main() -> int:
     walls, peaks = [], []
     for index in range(1, args.repeats + 1):
         runs_dir = Path(tempfile.mkdtemp(prefix="score_e2e_"))
-        code, wall_s, peak_mb, log = run_once(extra, runs_dir)
-        print(f"run {index}/{args.repeats}: exit {code}, {wall_s:.1f} s wall, peak RSS {peak_mb:.0f} MB (tree)")
+        code, wall_s, peak_mb, own_mb, log = run_once(extra, runs_dir)
+        print(f"run {index}/{args.repeats}: exit {code}, {wall_s:.1f} s wall, peak RSS {peak_mb:.0f} MB (tree, "
+              f"sampled), {own_mb:.0f} MB (score.py's own high-water mark)")
         if code != 0:
             print(f"score.py failed (exit {code}); its last output lines:")
             print("\n".join(log.read_text(errors="replace").splitlines()[-30:]))
@@ -149,7 +156,7 @@ def main() -> int:
             return 1
         print("\n".join(score_lines(runs_dir)) or "    (no eval/*.json written)", flush=True)
         walls.append(wall_s)
-        peaks.append(peak_mb)
+        peaks.append(max(peak_mb, own_mb))  # the sampled tree, or the exact high-water mark if a spike was missed
         if args.keep:
             print(f"    kept: {runs_dir}")
         else:
