@@ -19,10 +19,9 @@ and what the student did afterwards.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -30,7 +29,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from runs import read_jsonl
+from runs import finished_phases, read_jsonl, write_atomic
 
 # The evaluations in the order the loop runs them: (label of eval/<label>.json, row name).
 EVAL_ROWS = (("teacher", "teacher"), ("base", "student before"), ("bc", "after BC"),
@@ -237,21 +236,10 @@ def draw_curves(run_dir: Path) -> Path | None:
             ax.plot(*rl_curve, marker=".", color="tab:green")
             ax.set(title="RL mean reward per update", xlabel="update", ylabel="rl/reward_mean")
     path = run_dir / "curves.png"
-    fd, tmp = tempfile.mkstemp(prefix="curves.", suffix=".png", dir=run_dir)
-    with os.fdopen(fd, "wb") as f:
-        figure.savefig(f, format="png", dpi=100)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; a report is meant to be shared
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; a report is meant to be shared
-    os.replace(tmp, path)
 
 
 def final_report(run_dir: Path, console: Console | None = None) -> str:
@@ -260,8 +248,7 @@ def final_report(run_dir: Path, console: Console | None = None) -> str:
     console = console or Console()
     run_dir = Path(run_dir)
     evaluations = read_evaluations(run_dir)
-    phases_path = run_dir / "phases.json"
-    phases = json.loads(phases_path.read_text()) if phases_path.exists() else {}
+    phases = finished_phases(run_dir)
     eval_headers, eval_rows = evaluation_table(evaluations)
     phase_headers, phase_rows = phase_table(phases)
     curves = draw_curves(run_dir)
@@ -278,6 +265,6 @@ def final_report(run_dir: Path, console: Console | None = None) -> str:
     if curves is not None:
         lines += ["## Training curves", "", f"![training curves]({curves.name})", ""]
     text = "\n".join(lines)
-    write_text_atomic(run_dir / "report.md", text)
+    write_atomic(run_dir / "report.md", text)
     console.print(f"report: {run_dir / 'report.md'}" + (f", curves: {curves}" if curves else ""), highlight=False)
     return text

@@ -48,14 +48,18 @@ def open_run(run_dir: Path, config, operational: set[str]) -> None:
                           "use --run NEW_NAME, or --init-from to branch from it")
 
 
-def write_json_atomic(path: Path, value) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     """Write under a temporary name, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; run files are meant to be read by others
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -89,9 +93,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def finished_phases(run_dir: Path) -> dict:
+    """phases.json: each finished phase with its counts ({} before the first one finishes)."""
+    path = run_dir / "phases.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
     path = run_dir / "phases.json"
-    phases = json.loads(path.read_text()) if path.exists() else {}
+    phases = finished_phases(run_dir)
     kept = {k: v for k, v in phases.get(phase, {}).items() if k in ("wall_s", "teacher_calls", "copied_from")}
     phases[phase] = {**kept, **counts}  # costs summed over earlier invocations and provenance are kept
     write_json_atomic(path, phases)
@@ -159,7 +169,7 @@ def git_commit() -> str:
 def branch_run(source: Path, target: Path, phases: list[str]) -> list[str]:
     """--init-from: copy the records and checkpoints of `phases` (finished in `source`) into the new
     run `target`, so an ablation reuses them instead of recomputing. Returns the phases copied."""
-    done = json.loads((source / "phases.json").read_text()) if (source / "phases.json").exists() else {}
+    done = finished_phases(source)
     files = {"eval": ["eval/base.json", "eval/base.jsonl", "eval/teacher.json", "eval/teacher.jsonl"],
              "bc": ["bc.jsonl", "checkpoints/bc", "eval/bc.json", "eval/bc.jsonl"],
              "mps": ["mps.jsonl", "sft.jsonl", "keysteps.jsonl", "mps_diagnostics.json", "teacher_cache.jsonl"],

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runs import finished_phases
+
 PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, in order
 
 
@@ -428,12 +430,6 @@ def release_memory() -> None:
         pass
 
 
-def finished_phases(run_dir: Path) -> dict:
-    import json
-    path = run_dir / "phases.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def phase_mps(config: Config, run_dir: Path, console) -> None:
     """Phase 1: student rollouts with one-step teacher corrections; mps.jsonl, sft.jsonl, keysteps.jsonl."""
     from agent import Trajectory
@@ -542,7 +538,7 @@ def init_from(config: Config, run_dir: Path, console) -> None:
     source = Path(config.init_from) if Path(config.init_from).is_dir() else Path(config.runs_dir) / config.init_from
     if not (source / "config.json").exists():
         raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
-    if (run_dir / "phases.json").exists():
+    if finished_phases(run_dir):
         return  # already branched: this is a resume
     saved = json.loads((source / "config.json").read_text())
     mine = dataclasses.asdict(config)

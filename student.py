@@ -151,12 +151,10 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 def drop_quantization_marker(config_path: Path) -> None:
     """The de-quantised weights are plain floats, but the config copied from the GGUF load still names
     the GGUF quantizer; left in, transformers would load the directory through its GGUF path again."""
+    from runs import write_json_atomic
     config = json.loads(config_path.read_text())
     if config.pop("quantization_config", None) is not None:
-        fd, tmp = tempfile.mkstemp(prefix="config.", dir=config_path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2)
-        os.replace(tmp, config_path)
+        write_json_atomic(config_path, config)
 
 
 def resolve_model_path(name: str) -> str:
