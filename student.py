@@ -30,13 +30,11 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 # PLUMBING: preset name -> Hugging Face hub id (or the offline GGUF marker).
 STUDENT_PRESETS: dict[str, str] = {

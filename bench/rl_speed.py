@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step  # noqa: E402
 from bench.tasks import load_tasks  # noqa: E402
-from rl import (RLConfig, TrainRow, build_row, prepare_model, rl_update, rollout_groups, score_groups,  # noqa: E402
+from rl import (RLConfig, build_row, prepare_model, rl_update, rollout_groups, score_groups,  # noqa: E402
                 select_start_states)
 from student import load_student  # noqa: E402
 from tools import Sandbox  # noqa: E402

@@ -1,7 +1,6 @@
 """The agent core: records, the step parser, token-exact rendering, batched rollouts (METHOD.md section 2)."""
 import json
 
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 

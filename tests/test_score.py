@@ -172,3 +172,22 @@ def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
     assert score.hardware(full) == "cpu" and full.max_steps == quick.max_steps
     assert score.sft_config(full) == score.sft_config(quick)  # the same training presets, more data
     assert score.parse_args(["--preset", "cpu-full", "--n", "5"]).n == 5  # an explicit option wins
+
+
+def test_whole_loop_through_llama_cpp(tiny_dir, tmp_path, capsys):
+    """`python score.py --teacher smol-135m-q4`: the same loop with the SmolLM2 GGUF teacher through
+    llama.cpp (a tiny student, one task per set). The 135M teacher is too small to be right, so this checks
+    the plumbing, not the scores: every phase finishes, the teacher is evaluated and asked, the report
+    is written."""
+    args = ["--student", tiny_dir, "--teacher", "smol-135m-q4", "--n", "1", "--runs-dir", str(tmp_path),
+            "--run", "gguf", "--max-steps", "2", "--max-new-tokens", "24", "--sft-epochs", "1", "--rl-epochs", "1"]
+    assert score.main(args) == 0
+    run = tmp_path / "gguf"
+    phases = json.loads((run / "phases.json").read_text())
+    assert set(phases) >= {"eval", "bc", "mps", "sft", "rl"}
+    assert phases["eval"]["teacher_calls"] >= 2  # the teacher's own evaluation: one task per set, >= 1 call each
+    assert phases["bc"]["teacher_calls"] >= phases["bc"]["tasks"] == len(read_jsonl(run / "bc.jsonl")) >= 1
+    assert len(read_jsonl(run / "eval" / "teacher.jsonl")) == 2
+    assert (run / "report.md").exists() and "teacher" in (run / "report.md").read_text()
+    out = capsys.readouterr().out
+    assert "smol-135m-q4" in out

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tools import (ELISION_MARKER, NO_CORPUS_MESSAGE, STEP_OUTPUT_LIMIT_CHARS, Sandbox, SearchIndex,
+from tools import (ELISION_MARKER, NO_CORPUS_MESSAGE, Sandbox, SearchIndex,
                    _elide_middle, _OutputCapture, probe_isolation)
 
 BWRAP_WORKS = probe_isolation() == "bwrap"
