@@ -6,6 +6,8 @@ time, even for a run that stopped half way:
     eval/<label>.json  ->  one row per evaluation: teacher, student before, after BC / SFT / RL;
                            one column per task set (score, 95% interval, n), the finished share,
                            and the evaluation's wall time
+    eval/<label>.jsonl ->  changes task by task between consecutive student evaluations: tasks
+                           gained and lost, with a sign test
     phases.json        ->  one row per finished training phase with its counts
     metrics.jsonl      ->  curves.png: SFT loss per update (one line per label: bc, sft) and the RL
                            mean reward per update
@@ -150,6 +152,45 @@ def evaluation_table(evaluations: list[tuple[str, dict]]) -> tuple[list[str], li
     return headers, rows
 
 
+def sign_test(gained: int, lost: int) -> float:
+    """Exact two-sided sign test. If a phase changed nothing but noise, each task whose score changed
+    would be as likely to rise as to fall; p is the chance of a split at least this uneven:
+        p = min(1, 2 * sum_{i <= min(g, l)} C(g + l, i) / 2^(g + l))      (p = 1 when nothing changed)"""
+    changed = gained + lost
+    tail = sum(math.comb(changed, i) for i in range(min(gained, lost) + 1)) / 2 ** changed
+    return min(1.0, 2 * tail)
+
+
+def task_scores(run_dir: Path, label: str) -> dict[str, tuple[str, float]]:
+    """task id -> (task set, score) of eval/<label>.jsonl; the last record of a task wins."""
+    return {r["task_id"]: (r.get("task_set", "?"), float(r.get("score", r.get("correct", 0.0))))
+            for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl")}
+
+
+def changes_table(run_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: one row per pair of consecutive student evaluations (before -> BC -> SFT ->
+    RL, skipping any that did not run). Every evaluation runs the same test tasks, so a phase's effect
+    is read task by task: in each task set, how many tasks scored higher (+) and lower (-) than in the
+    evaluation before, and the sign test's p on them. Intervals of two rows can overlap while such a
+    paired change is clear, and the other way round."""
+    names = dict(EVAL_ROWS)
+    present = [label for label in ("base", "bc", "sft", "rl") if (run_dir / "eval" / f"{label}.jsonl").exists()]
+    rows, task_sets = [], {}
+    for before, after in zip(present, present[1:]):
+        old, new = task_scores(run_dir, before), task_scores(run_dir, after)
+        by_set: dict[str, list[int]] = {}
+        for task_id in old.keys() & new.keys():
+            task_set, change = new[task_id][0], new[task_id][1] - old[task_id][1]
+            counts = by_set.setdefault(task_set, [0, 0])
+            counts[0] += change > 0
+            counts[1] += change < 0
+        task_sets.update(dict.fromkeys(sorted(by_set)))
+        rows.append((f"{names[before]} -> {names[after]}", by_set))
+    headers = ["change", *task_sets]
+    return headers, [[name, *(f"+{by_set[t][0]} -{by_set[t][1]} (p={sign_test(*by_set[t]):.2g})"
+                               if t in by_set else "-" for t in task_sets)] for name, by_set in rows]
+
+
 def counts_text(counts: dict) -> str:
     """A phase's counts other than its wall time and teacher calls, e.g. "tasks=6, trained=True"."""
     shown = []
@@ -251,15 +292,24 @@ def final_report(run_dir: Path, console: Console | None = None) -> str:
     phases = finished_phases(run_dir)
     eval_headers, eval_rows = evaluation_table(evaluations)
     phase_headers, phase_rows = phase_table(phases)
+    change_headers, change_rows = changes_table(run_dir)
     curves = draw_curves(run_dir)
 
     console.print(rich_table(f"{run_dir.name}: score per task set, 95% interval, n test tasks", eval_headers, eval_rows))
+    if change_rows:
+        console.print(rich_table(f"{run_dir.name}: test tasks whose score rose (+) or fell (-), sign test p",
+                                 change_headers, change_rows))
     console.print(rich_table(f"{run_dir.name}: training phases", phase_headers, phase_rows))
 
     lines = [f"# Report: {run_dir.name}", "", "## Evaluation", ""]
     if any("(oracle)" in name for name, _ in evaluations):
         lines += ["The teacher row is an oracle: the reference teacher knows each task's reference solution.", ""]
     lines += [markdown_table(eval_headers, eval_rows) if eval_rows else "No evaluation has finished yet.", ""]
+    if change_rows:
+        lines += ["## Changes task by task", "",
+                  "Each evaluation runs the same test tasks. Per task set: tasks whose score rose (+) and fell (-) "
+                  "from the row before, and the exact sign test's p on them (small p: unlikely to be noise).", "",
+                  markdown_table(change_headers, change_rows), ""]
     lines += ["## Training phases", ""]
     lines += [markdown_table(phase_headers, phase_rows) if phase_rows else "No training phase has finished yet.", ""]
     if curves is not None:

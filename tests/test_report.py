@@ -9,7 +9,7 @@ import struct
 
 from rich.console import Console
 
-from report import curve, duration, final_report, score_cell
+from report import changes_table, curve, duration, final_report, score_cell, sign_test
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -147,3 +147,35 @@ def test_cell_formats():
     """The units a reader sees: a score cell with its interval and n, wall times in s, min and h."""
     assert score_cell({"n": 20, "score": 0.35, "ci95": [0.181, 0.567]}) == "0.35 [0.18, 0.57] n=20"
     assert [duration(s) for s in (None, 59.6, 150, 9000)] == ["-", "60 s", "2.5 min", "2.5 h"]
+
+
+def test_sign_test_against_hand_computed_values():
+    """p = min(1, 2 * P(X <= min(g, l))) for X ~ Binomial(g + l, 1/2)."""
+    assert sign_test(0, 0) == 1.0 and sign_test(1, 1) == 1.0
+    assert sign_test(5, 0) == sign_test(0, 5) == 2 / 32
+    assert abs(sign_test(13, 1) - 2 * 15 / 2 ** 14) < 1e-15
+    assert abs(sign_test(3, 13) - 2 * (1 + 16 + 120 + 560) / 2 ** 16) < 1e-15
+
+
+def test_changes_task_by_task_between_consecutive_student_evaluations(tmp_path):
+    """Tasks are matched by id across eval/<label>.jsonl files (in any order, a redone task's last
+    record wins); a missing evaluation is skipped, so BC is compared with RL directly; the teacher's
+    evaluation is no student's and takes no part."""
+    (tmp_path / "eval").mkdir()
+    def records(label, scores):
+        lines = [json.dumps({"task_id": f"{s}-{i}", "task_set": s, "score": v}) for (s, i), v in scores.items()]
+        (tmp_path / "eval" / f"{label}.jsonl").write_text("\n".join(lines) + "\n")
+    base = {("arith", i): 0.0 for i in range(6)} | {("lookup", i): 0.0 for i in range(2)}
+    bc = {("arith", i): 1.0 for i in range(5)} | {("arith", 5): 0.0, ("lookup", 0): 0.5, ("lookup", 1): 0.0}
+    rl = dict(reversed(list(bc.items()))) | {("arith", 0): 0.0, ("arith", 5): 1.0, ("lookup", 0): 0.0}
+    records("base", base)
+    records("bc", bc)
+    records("rl", {**rl, ("arith", 1): 0.0})
+    with open(tmp_path / "eval" / "rl.jsonl", "a") as f:  # arith-1 redone: its last record (1.0) counts
+        f.write(json.dumps({"task_id": "arith-1", "task_set": "arith", "score": 1.0}) + "\n")
+    records("teacher", {key: 1.0 for key in base})
+    headers, rows = changes_table(tmp_path)
+    assert headers == ["change", "arith", "lookup"]
+    assert rows == [["student before -> after BC", "+5 -0 (p=0.062)", "+1 -0 (p=1)"],
+                    ["after BC -> after RL", "+1 -1 (p=1)", "+0 -1 (p=1)"]]
+    assert "## Changes task by task" in final_report(tmp_path, quiet_console())
