@@ -585,15 +585,22 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     return [(p, *rows[p]) for p in PHASES if p in wanted]
 
 
-def print_budget(config: Config, console) -> None:
+def print_budget(config: Config, console, done: dict | None = None) -> None:
+    """The budget table; phases already finished in this run (resumed, or copied by --init-from)
+    say so and count nothing."""
     from rich.table import Table
     table = Table(title=f"budget: preset {config.preset} ({config.max_steps} steps, {config.max_new_tokens} new "
                         f"tokens a turn, context {config.max_context_tokens})")
     for column in ("phase", "work", "expected minutes"):
         table.add_column(column)
-    rows = budget(config)
+    done = done or {}
+    rows = [(p, w, 0.0 if p in done and m is not None else m) for p, w, m in budget(config)]
     for phase, work, minutes in rows:
-        table.add_row(phase, work, "-" if minutes is None else f"{minutes:.0f}")
+        if phase in done:
+            source = done[phase].get("copied_from") if isinstance(done[phase], dict) else None
+            table.add_row(phase, work, f"done (copied from {source})" if source else "done")
+        else:
+            table.add_row(phase, work, "-" if minutes is None else f"{minutes:.0f}")
     known = [m for _, _, m in rows if m is not None]
     if len(known) == len(rows):
         table.add_row("all", "", f"{sum(known):.0f}")
@@ -699,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"run: {run_dir}")
         if config.init_from and fresh:
             init_from(config, run_dir, console)
-        print_budget(config, console)
+        print_budget(config, console, finished_phases(run_dir))
         for phase in config.phases.split(","):
             check_memory(config, phase)
             began, calls_before = time.perf_counter(), teacher_calls()

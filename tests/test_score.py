@@ -127,6 +127,14 @@ def test_budget_table_is_printed_at_start(tiny_dir, tmp_path, capsys):
     assert [p for p, _, _ in score.budget(imitation)] == ["eval", "bc"]
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
     assert "budget: preset" in capsys.readouterr().out
+    # A resumed or branched run: finished phases say so and count nothing in the total
+    import io
+    from rich.console import Console
+    console = Console(file=io.StringIO(), width=200)
+    score.print_budget(config, console, {"eval": {"wall_s": 1.0}, "bc": {"copied_from": "main-run"}})
+    lines = {line.split("│")[1].strip(): line for line in console.file.getvalue().splitlines() if line.count("│") > 2}
+    assert "done" in lines["eval"] and "done (copied from main-run)" in lines["bc"]
+    assert lines["all"].split("│")[3].strip() == f"{sum(rows[p][1] for p in ('mps', 'sft', 'rl')):.0f}"
 
 
 def test_cpu_phase_that_would_not_fit_in_memory_is_refused(tiny_dir, tmp_path, capsys, monkeypatch):
