@@ -293,6 +293,11 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
     done = {r["task_id"]: r for r in read_jsonl(records_path)}  # resume: keep what finished
     todo = [t for t in tasks if t.id not in done]
     console.print(f"eval \\[{label}]: {len(tasks)} tasks ({len(done)} already done), {who}")
+    summary_path = run_dir / "eval" / f"{label}.json"
+    if not todo and summary_path.exists():  # finished before (a resume, or copied by --init-from): keep
+        summary = json.loads(summary_path.read_text())  # its summary and the wall time it really took
+        print_summary(summary, console)
+        return summary
     began = time.perf_counter()
     if todo:
         settings = rollout_config(config, config.eval_temperature, config.eval_top_p)
@@ -323,7 +328,7 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
     trajectories = [r for r in read_jsonl(records_path) if r["task_id"] in wanted]
     summary = summarise(trajectories, time.perf_counter() - began)
     summary.update(label=label, student=who, oracle=label == "teacher" and config.teacher == "reference")
-    write_json_atomic(run_dir / "eval" / f"{label}.json", summary)
+    write_json_atomic(summary_path, summary)
     print_summary(summary, console)
     return summary
 

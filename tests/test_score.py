@@ -32,7 +32,8 @@ def test_presets_fill_unset_fields_only():
 
 def test_eval_writes_records_and_summary_and_resumes(tiny_dir, tmp_path, capsys):
     """eval writes one graded trajectory per task and a summary with n and a 95% interval; re-running
-    the same command finds every task done and duplicates nothing."""
+    the same command finds every task done, duplicates nothing and keeps the summary (with the wall
+    time the evaluation took, not the ~0 s of finding it done)."""
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
     records = read_jsonl(tmp_path / "t" / "eval" / "base.jsonl")
     assert sorted(r["task_set"] for r in records) == ["arith", "arith", "lookup", "lookup"]
@@ -42,6 +43,7 @@ def test_eval_writes_records_and_summary_and_resumes(tiny_dir, tmp_path, capsys)
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
     assert "4 already done" in capsys.readouterr().out
     assert len(read_jsonl(tmp_path / "t" / "eval" / "base.jsonl")) == 4
+    assert json.loads((tmp_path / "t" / "eval" / "base.json").read_text()) == summary
 
 
 def test_resume_with_changed_settings_is_refused(tiny_dir, tmp_path, capsys):
