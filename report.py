@@ -163,8 +163,7 @@ def sign_test(gained: int, lost: int) -> float:
 
 def task_scores(run_dir: Path, label: str) -> dict[str, tuple[str, float]]:
     """task id -> (task set, score) of eval/<label>.jsonl; the last record of a task wins."""
-    return {r["task_id"]: (r.get("task_set", "?"), float(r.get("score", r.get("correct", 0.0))))
-            for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl")}
+    return {r["task_id"]: (r["task_set"], float(r["score"])) for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl")}
 
 
 def changes_table(run_dir: Path) -> tuple[list[str], list[list[str]]]:

@@ -599,16 +599,16 @@ def print_budget(config: Config, console, done: dict | None = None) -> None:
     for column in ("phase", "work", "expected minutes"):
         table.add_column(column)
     done = done or {}
-    rows = [(p, w, 0.0 if p in done and m is not None else m) for p, w, m in budget(config)]
+    rows = budget(config)
     for phase, work, minutes in rows:
         if phase in done:
-            source = done[phase].get("copied_from") if isinstance(done[phase], dict) else None
+            source = done[phase].get("copied_from")
             table.add_row(phase, work, f"done (copied from {source})" if source else "done")
         else:
             table.add_row(phase, work, "-" if minutes is None else f"{minutes:.0f}")
-    known = [m for _, _, m in rows if m is not None]
-    if len(known) == len(rows):
-        table.add_row("all", "", f"{sum(known):.0f}")
+    todo = [m for phase, _, m in rows if phase not in done]
+    if None not in todo:
+        table.add_row("all", "", f"{sum(todo):.0f}")
     console.print(table)
 
 
