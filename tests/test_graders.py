@@ -3,6 +3,7 @@ naive reference. A wrong grader silently corrupts every number the project repor
 which episodes get corrected and RL computes its rewards from these verdicts."""
 
 import threading
+import time
 from fractions import Fraction
 
 import pytest
@@ -165,3 +166,98 @@ def test_token_f1_matches_naive_reference(prediction_tokens, reference_tokens):
     assert token_f1(prediction, reference) == pytest.approx(_naive_f1(prediction, reference))
     # Symmetry is a property of F1 itself (precision and recall swap).
     assert token_f1(prediction, reference) == pytest.approx(token_f1(reference, prediction))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Totality and speed: whatever the model passes to final_answer, a grade comes back, quickly
+# ---------------------------------------------------------------------------------------------------
+
+def _timed_grade(grader, prediction, reference):
+    start = time.perf_counter()
+    score = grade(grader, prediction, reference)
+    return score, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("prediction, reference, expected", [
+    ("1" * 5000, "1", 0.0),                       # int() refuses 4300+ digits: must not raise
+    ("0." + "3" * 5000, "0.3333333333", 1.0),     # final_answer(Decimal(1) / 3) at high precision
+    ("1e50000000", "5", 0.0),                     # exact arithmetic on it would take minutes
+    ("1e50000000", "1e50000000", 1.0),            # out of bounds: compared as text
+    ("1" * 1_000_000 + "e" + "9" * 100_000, "3", 0.0),
+    ("2e-1000000", "0", 0.0),
+    ("1" * 20 + "/" + "7" * 5000, "0", 0.0),      # a denominator of 5000 digits
+])
+def test_numeric_grader_bounds_digits_and_exponents(prediction, reference, expected):
+    """Breaks: a rollout that crashes (ValueError: exceeds the limit for integer string conversion)
+    or hangs for minutes on a huge number in a final answer."""
+    for grader in ("numeric", "math"):
+        score, seconds = _timed_grade(grader, prediction, reference)
+        assert score == expected and seconds < 1.0, (grader, score, seconds)
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("B", 1.0), ("b", 1.0), ("(B)", 1.0), ("B.", 1.0), ("B) Paris", 1.0), ("B. Paris", 1.0),
+    ("Answer: B", 1.0), ("the answer is (B)", 1.0), ("\\boxed{B}", 1.0),
+    ("A", 0.0), ("the", 0.0), (".", 0.0), ("Paris", 0.0), ("b dog", 0.0), ("", 0.0), (None, 0.0),
+])
+def test_choice_grader(prediction, expected):
+    """Breaks: multiple-choice scoring: the letter a prediction names, in the ways models write it,
+    and nothing for an answer that names no letter."""
+    assert grade("choice", prediction, "B") == expected
+
+
+def test_a_letter_reference_is_not_matched_by_an_empty_answer():
+    """Breaks: gold "A" normalises to nothing under SQuAD rules (an article), so "the" or "." would
+    score as correct under exact and f1."""
+    for grader in ("exact", "f1"):
+        assert grade(grader, "the", "A") == 0.0 and grade(grader, ".", "A") == 0.0
+        assert grade(grader, "A", "A") == 1.0 and grade(grader, "a.", "A") == 1.0
+
+
+def test_math_fast_path_leaves_percentages_and_units_to_math_verify(monkeypatch):
+    """Breaks: "10\\%" read as the plain number 10 by the fast path, never asking math-verify
+    (which knows that 10% is 0.1)."""
+    asked = []
+    import bench.graders as graders
+    monkeypatch.setattr(graders, "_math_verify_equal", lambda p, r: asked.append((p, r)) or True)
+    grade("math", "10\\%", "0.1")
+    grade("math", "5 cm", "5")
+    assert asked == [("10\\%", "0.1"), ("5 cm", "5")]
+    assert grade("math", "12", "12.0") == 1.0 and len(asked) == 2  # plain numbers stay on the fast path
+
+
+def test_math_percent_against_math_verify():
+    """Breaks: the grade of a percentage answer against its decimal form (math-verify's verdict)."""
+    assert grade("math", "10\\%", "0.1") == 1.0
+
+
+_HOSTILE_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.builds(lambda digits, exponent: f"{digits}e{exponent}", st.text("0123456789", min_size=1, max_size=5000),
+              st.integers(-10**12, 10**12)),
+    st.builds(lambda a, b: f"\\frac{{{a}}}{{{b}}}", st.text("0123456789-", max_size=3000), st.text("0123456789", max_size=3000)),
+    st.builds(lambda s, n: s * n, st.sampled_from(["9", "\\boxed{", "1,000", "((", "\\frac{1}{", "\udcff", "%"]),
+              st.integers(1, 20_000)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prediction=_HOSTILE_TEXT, reference=st.sampled_from(["12", "0.5", "\\frac{1}{2}", "B", "A", "Paris", "the"]),
+       grader=st.sampled_from(["numeric", "math", "f1", "exact", "choice"]))
+def test_grade_is_total_and_fast(prediction, reference, grader):
+    """Breaks: a grade that raises (ending a rollout) or takes seconds on some model output."""
+    grade("math", "\\frac{1}{2}", "0.5")  # math-verify's first call imports sympy: not timed
+    score, seconds = _timed_grade(grader, prediction, reference)
+    assert 0.0 <= score <= 1.0 and seconds < 1.0, (score, seconds)
+
+
+@pytest.mark.parametrize("prediction", [
+    "x" * 1_000_000, "9" * 1_000_000, "\\frac{1}{" * 110_000, "the " * 250_000, "\\boxed{" * 140_000,
+    "1," * 500_000, "B" + " b" * 500_000,
+])
+def test_a_megabyte_answer_is_graded_within_a_second(prediction):
+    """Breaks: a 1 MB final answer stalls a rollout (slow regexes, math-verify on huge input)."""
+    grade("math", "\\frac{1}{2}", "0.5")  # warm math-verify up
+    for grader in ("numeric", "math", "f1", "exact", "choice"):
+        score, seconds = _timed_grade(grader, prediction, "12")
+        assert 0.0 <= score <= 1.0 and seconds < 1.0, (grader, seconds)
