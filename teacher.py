@@ -56,7 +56,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -65,6 +65,7 @@ from agent import (ACTION_FORMAT_ERROR, ACTION_STOP, PLAN_FORMAT_ERROR, PLAN_STO
                    Step, Trajectory, derive_seed, format_step, grade_trajectory, parse_action, parse_plan,
                    run_step, to_messages)
 from bench.graders import is_correct, numbers_equal
+from bench.tasks import knowing_plan, knowing_solution, knowing_step
 
 # PLUMBING: preset -> (Hugging Face repo, file). Multi-part GGUFs pin their first part; the other parts
 # are fetched beside it and llama.cpp loads them all from the first one.
@@ -412,25 +413,62 @@ def step_problem(task, step: Step, allowed: list[Fraction] | None) -> str | None
     return None  # a search that finds nothing useful, or a different correct route, is not an error
 
 
-def first_error(task, steps: Sequence[Step]) -> tuple[int, str]:
-    """(k, why) of the first step that breaks a rule; (0, ...) when none does."""
+def stated_values(code: str) -> list[str]:
+    """What a step states as known: the constants bound by its top-level `name = constant`
+    (`founder = "Mela Dorn"`, `subtotal = 360`), as text. Code that does not parse states nothing."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    return [str(node.value.value) for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, (str, int, float)) and not isinstance(node.value.value, bool)]
+
+
+def wrong_statement(task, step: Step, seen: Sequence[str], entities: set[str]) -> str | None:
+    """METHOD (a knowing teacher's rule, deviation 6): a lookup step that states a name of the world
+    (a passage title: company, person, product, city) that neither the question nor an earlier
+    observation showed and that is not on the reference path states a wrong fact. A search for any
+    name is fine; so is stating a right fact (the teacher itself does that)."""
+    path = {c.casefold() for ref in task.solution for c in ref.checkpoints} | {task.answer.casefold()}
+    for value in stated_values(step.code):
+        name = value.casefold()
+        if name in entities and name not in path and not any(name in text for text in seen):
+            return f"it states {value!r} as a fact, which no observation showed and which is not on the reference path"
+    return None
+
+
+def first_error(task, steps: Sequence[Step], judge_stated: bool = False) -> tuple[int, str]:
+    """(k, why) of the first step that breaks a rule; (0, ...) when none does. judge_stated: also
+    the rule for stated facts (wrong_statement), which a teacher with knowledge > 0 applies."""
     allowed = None
     # The numbers a computation step may print: the task's own quantities (the question) and every
     # checkpoint of the reference path. Any other number is a value the reference never computes.
     if is_computation(task):
         allowed = numbers_in(task.question) + [Fraction(c) for s in task.solution for c in s.checkpoints
                                                if PLAIN_NUMBER.fullmatch(c)]
+    # The world's names, for the stated-fact rule: every passage is "Title: text".
+    entities = {passage.split(": ", 1)[0].casefold() for passage in task.corpus or ()} \
+        if judge_stated and allowed is None else set()
+    seen = [task.question.casefold()]  # what the student had been shown before each step
     for step in steps:
         problem = step_problem(task, step, allowed)
+        if not problem and entities and step.kind == "action" and not step.parse_error:
+            problem = wrong_statement(task, step, seen, entities)
         if problem:
             return step.index, problem
+        seen.append(step.observation.casefold())
     return 0, "no step breaks a rule of the reference solution"
 
 
-def next_reference_position(task, prefix: Sequence[Step]) -> int:
+def next_reference_position(task, prefix: Sequence[Step], count_stated: bool = False) -> int:
     """METHOD: position (1..) in task.solution of the first action step whose checkpoints have not all
-    appeared in an observation of the prefix; the last step when every one has."""
+    appeared in an observation of the prefix; the last step when every one has. count_stated: a
+    checkpoint that a prefix step states (stated_values) counts too, as for a teacher with knowledge
+    > 0, whose own steps state facts they never print."""
     shown = [s.observation for s in prefix if s.kind == "action"]
+    if count_stated:
+        shown += [value for s in prefix if s.kind == "action" and not s.error for value in stated_values(s.code)]
     # A reference step without checkpoints (a lookup's answer step) is never "done" by printing.
     for position, ref in enumerate(task.solution[1:], start=1):
         if not ref.checkpoints or not all(any(shows_checkpoint(o, c) for o in shown) for c in ref.checkpoints):
@@ -448,27 +486,63 @@ def _final_answer_calls(code: str) -> list[ast.Call]:
             and isinstance(node.value.func, ast.Name) and node.value.func.id == "final_answer"]
 
 
-def self_contained_code(task, position: int) -> str:
-    """METHOD: reference step `position` made runnable in the student's namespace: first bind the names
-    it reads to the values earlier steps showed (RefStep.defines), then its code. `final_answer(x)`
-    becomes `print(x)` unless this is the reference's last step (a correction must not teach the
-    student to blurt the answer)."""
-    ref = task.solution[position]
+def knows_nothing(fact: str) -> bool:
+    """The plain reference teacher's knowledge: none (knowledge 0)."""
+    return False
+
+
+def self_contained_step(task, position: int, knows=knows_nothing):
+    """METHOD: the step the teacher writes at reference position `position` (bench.tasks.knowing_step:
+    the reference step, or the facts it knows stated and merged into the next step it does not know),
+    made runnable in the student's namespace: first bind the names it reads to the values earlier steps
+    showed (RefStep.defines), then its code. `final_answer(x)` becomes `print(x)` unless the step covers
+    the reference's last step (a correction must not teach the student to blurt the answer)."""
+    ref, covered = knowing_step(task.solution, position, knows)
     # Every earlier reference step is "done", so its checkpoints (= the values it defines) were shown.
     shown = {name: literal for earlier in task.solution[1:position] for name, literal in earlier.defines}
     lines = ref.code.split("\n")
-    if position != len(task.solution) - 1:
+    if covered != len(task.solution) - 1:
         for call in _final_answer_calls(ref.code):  # the name sits on one line: swap it in place
             row, col = call.func.lineno - 1, call.func.col_offset
             lines[row] = lines[row][:col] + "print" + lines[row][col + len("final_answer"):]
     bindings = [f"{name} = {shown[name]}" for name in ref.reads if name in shown]
-    return "\n".join(bindings + lines)
+    return replace(ref, code="\n".join(bindings + lines))
+
+
+# METHOD: the teacher-student gap (EXPERIMENT.md, "A teacher with privileged knowledge").
+def knows_fact(fact: str, knowledge: float, seed: int) -> bool:
+    """Does a teacher with `knowledge` P know `fact` (a world edge "founder|Quintara Corp", an arith
+    intermediate "arith-3f0c9a1b2d/subtotal")? u = sha256(seed, fact) read as a number in [0, 1);
+    known iff u < P. So a share P of facts is known, P = 0 knows none and P = 1 all, a larger P knows
+    a superset of what a smaller one knows (same seed), and every caller (BC, corrections) agrees."""
+    if not fact or knowledge <= 0:
+        return False
+    u = int(hashlib.sha256(f"knows\x1f{seed}\x1f{fact}".encode()).hexdigest()[:16], 16) / 2 ** 64
+    return u < knowledge
+
+
+def check_knowledge(knowledge) -> float:
+    """--teacher-knowledge must be a share in [0, 1]: anything else is one clear line."""
+    if isinstance(knowledge, bool) or not isinstance(knowledge, (int, float)) or not 0 <= knowledge <= 1:
+        raise ValueError(f"teacher knowledge must be a number from 0 to 1 (the share of facts the "
+                         f"teacher knows), got {knowledge!r}")
+    return float(knowledge)
 
 
 class ReferenceTeacher(Teacher):
-    """The scripted expert: it knows each task's reference solution and nothing else."""
+    """The scripted expert: it knows each task's reference solution, and with `knowledge` P > 0 also a
+    share P of the facts that solution finds or computes (knows_fact), which it states instead of
+    searching or computing: in its own episodes (solve) and in its corrections alike."""
     name = "reference"
     is_oracle = True
+
+    def __init__(self, tasks: Sequence = (), seed: int = 0, knowledge: float = 0.0):
+        super().__init__(tasks, seed)
+        self.knowledge = check_knowledge(knowledge)
+
+    def knows(self, fact: str) -> bool:
+        """METHOD: one rule for every step this teacher writes: the seeded hash of (fact, seed)."""
+        return knows_fact(fact, self.knowledge, self.seed)
 
     def _task(self, task_id: str):
         """The task with a usable reference solution (a plan and at least one action), or None."""
@@ -481,11 +555,13 @@ class ReferenceTeacher(Teacher):
         if task is None:  # no reference solution: this teacher cannot judge
             self.stats.failures += 1
             return None
-        k, why = first_error(task, trajectory.steps)
+        # A teacher that states facts itself (knowledge > 0) also judges the facts a student states.
+        k, why = first_error(task, trajectory.steps, judge_stated=self.knowledge > 0)
         suggestion = ""  # the thought of the step it would write: for the records, the student never sees it
         if k:
-            suggestion = task.solution[0].thought if k == 1 else \
-                task.solution[next_reference_position(task, trajectory.steps[:k - 1])].thought
+            suggestion = knowing_plan(task.solution, self.knows).thought if k == 1 else knowing_step(
+                task.solution, next_reference_position(task, trajectory.steps[:k - 1], self.knowledge > 0),
+                self.knows)[0].thought
         return Verdict(first_error_step=k, analysis=f"Step {k}: {why}." if k else why + ".", suggestion=suggestion)
 
     def replacement_step(self, task, prefix: list[Step], wrong_step: Step, verdict: Verdict) -> Step | None:
@@ -495,25 +571,28 @@ class ReferenceTeacher(Teacher):
             self.stats.failures += 1
             return None
         k = len(prefix) + 1  # the verdict only decides where the prefix ends: the step is the rules' choice
-        if k == 1:  # a new plan: the reference plan
-            plan = task.solution[0].thought
+        if k == 1:  # a new plan: the reference plan (what the teacher knows, then what is left to do)
+            plan = knowing_plan(task.solution, self.knows).thought
             return Step(index=1, kind="plan", author="teacher", content=format_step("plan", plan), thought=plan)
-        position = next_reference_position(task, prefix)
-        ref, code = task.solution[position], self_contained_code(task, position)
-        return Step(index=k, kind="action", author="teacher", content=format_step("action", ref.thought, code),
-                    thought=ref.thought, code=code)
+        # METHOD: the same rule as solve: the next reference step not yet reached, with what it knows stated.
+        position = next_reference_position(task, prefix, count_stated=self.knowledge > 0)
+        ref = self_contained_step(task, position, self.knows)
+        return Step(index=k, kind="action", author="teacher", content=format_step("action", ref.thought, ref.code),
+                    thought=ref.thought, code=ref.code)
 
     def solve(self, task, rollout_config: RolloutConfig, seed: int) -> Trajectory:
-        """The reference solution, run in a sandbox and graded: phase 0 data and the oracle row."""
+        """The reference solution (with what the teacher knows stated), run in a sandbox and graded:
+        phase 0 data and the oracle row."""
         self.stats.calls += 1
         trajectory = self.new_trajectory(task, seed)
         if not task.solution:
             trajectory.end_reason = "no reference solution"
             grade_trajectory(trajectory, task)
             return trajectory
+        solution = knowing_solution(task.solution, self.knows) if len(task.solution) >= 2 else task.solution
         with self.open_sandbox(task, rollout_config) as sandbox:
             # The same step budget as the student: a reference longer than max_steps ends unfinished.
-            for index, ref in enumerate(task.solution[:rollout_config.max_steps], start=1):
+            for index, ref in enumerate(solution[:rollout_config.max_steps], start=1):
                 kind = "plan" if index == 1 else "action"
                 step = Step(index=index, kind=kind, author="teacher", content=format_step(kind, ref.thought, ref.code),
                             thought=ref.thought, code=ref.code)
@@ -930,15 +1009,20 @@ class URLTeacher(LLMTeacher):
 
 def make_teacher(spec: str, tasks: Sequence = (), cache_path: Path | None = None, url: str | None = None,
                  gpu_layers: int = -1, threads: int | None = None, sees: str = "answer", seed: int = 0,
-                 config: TeacherConfig = TeacherConfig()) -> Teacher:
+                 config: TeacherConfig = TeacherConfig(), knowledge: float = 0.0) -> Teacher:
     """`reference`, a preset of TEACHER_PRESETS, a path to a .gguf file, or (with `url`) the model name
-    to ask an OpenAI-compatible server for."""
+    to ask an OpenAI-compatible server for. knowledge: the reference teacher's privileged knowledge."""
+    check_knowledge(knowledge)
+    # An LLM knows what it knows: the knowledge share models that for the scripted teacher only.
+    if knowledge and (url or spec != "reference"):
+        raise TeacherError(f"--teacher-knowledge gives the reference teacher privileged knowledge; teacher "
+                           f"{url or spec} is a model and knows what it knows: leave it at 0")
     common = dict(tasks=tasks, seed=seed, sees=sees, cache_path=cache_path, config=config)
     # --teacher-url wins: the spec then only names the served model ("" or "reference": ask the server).
     if url:
         return URLTeacher(url, model=None if spec in ("", "reference") else spec, **common)
     if spec == "reference":  # no cache needed: it makes no model calls
-        return ReferenceTeacher(tasks, seed)
+        return ReferenceTeacher(tasks, seed, knowledge=knowledge)
     if spec in TEACHER_PRESETS or spec.endswith(".gguf") or Path(spec).is_file():
         return GGUFTeacher(spec, gpu_layers=gpu_layers, threads=threads, **common)
     raise TeacherError(f"unknown teacher {spec!r}: use reference, a preset ({', '.join(TEACHER_PRESETS)}), "

@@ -34,7 +34,7 @@ import json
 import random
 import re
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -59,6 +59,15 @@ class RefStep:
                                                 # lookup: the fact this step's search must surface
     reads: tuple[str, ...] = ()                 # names this code reads that earlier steps bound
     defines: tuple[tuple[str, str], ...] = ()   # (name, Python literal of its value) bound here
+    # What a teacher with privileged knowledge needs (see "Privileged knowledge" below):
+    fact: str = ""                              # key of what this step finds or computes: a world
+                                                # edge ("founder|Quintara Corp") or an arith
+                                                # intermediate ("arith-3f0c9a1b2d/subtotal");
+                                                # "" for the plan and a lookup answer step
+    statement: str = ""                         # that fact as a sentence ("Quintara Corp was
+                                                # founded by Mela Dorn.")
+    stated: tuple[tuple[str, str], ...] = ()    # (name, Python literal) a teacher that knows the
+                                                # fact binds instead of running this step
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,9 @@ class Task:
 
 
 GENERATED_SETS = ("arith", "lookup")
-TASK_SETS = GENERATED_SETS + (
+# Test-only families for held-out generalisation: other templates, another world. No train split.
+HELDOUT_SETS = ("arith-heldout", "lookup-heldout")
+TASK_SETS = GENERATED_SETS + HELDOUT_SETS + (
     "gsm8k", "math500", "aime24", "aime25", "hotpotqa", "2wiki", "musique", "bamboogle")
 SPLITS = ("train", "test")
 # Share of generated tasks that go to the test split.
@@ -166,9 +177,14 @@ def _arith_solution(plan: str, actions: list[tuple[str, list[_Calc]]],
         lines.append(f"print({', '.join(calc.name for calc in calcs)})")
         if index == len(actions) - 1:
             lines.append(f"final_answer({answer_name})")
+        # A teacher that knows these intermediate results writes them down instead (make_arith
+        # keys the fact by the task's id): "subtotal = 24 * 15 = 360." and `subtotal = 360`.
+        statement = " ".join(f"{calc.name} = {calc.expr} = {literal}."
+                             for calc, (_, literal) in zip(calcs, defines))
         steps.append(RefStep(thought=thought, code="\n".join(lines),
                              checkpoints=tuple(text for _, text in defines),
-                             reads=tuple(reads), defines=tuple(defines)))
+                             reads=tuple(reads), defines=tuple(defines),
+                             statement=statement, stated=tuple(defines)))
     return tuple(steps)
 
 
@@ -384,31 +400,246 @@ def _order_tax(rng: random.Random) -> _ArithDraw | None:
 ARITH_TEMPLATES = (_shop, _recipe, _travel, _savings, _wages, _tiles, _fuel, _order_tax)
 
 
-def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
-    """n arith tasks of the split, drawn in a fixed order from a generator seeded by `seed`."""
-    _check_split(split)
+def _problem_key(key: tuple) -> tuple:
+    """The part of a draw's key that makes it another problem: its template and its numbers.
+
+    Names of people and things (the str fields after the template's name) are left out: "Mia buys
+    24 pens at $15" and "Omar buys 24 mugs at $15" are one problem to a student, so they must fall
+    in one split (hashing the names too put 9 such pairs across the splits of 1000 + 200 tasks)."""
+    return (key[0],) + tuple(part for part in key[1:] if not isinstance(part, str))
+
+
+def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
+                seed: int) -> list[Task]:
+    """n distinct problems from `templates`, in a fixed order per (task_set, seed); split None
+    keeps every draw (a test-only family), else the draws whose problem hashes into `split`."""
     # One stream of draws per seed; both splits read the same stream and keep their own share,
-    # so the split of a problem depends only on its parameters (the key), never on the seed.
-    rng = _rng("arith", seed)
+    # so the split of a problem depends only on its numbers (_problem_key), never on the seed.
+    rng = _rng(task_set, seed)
     tasks: list[Task] = []
-    seen: set[str] = set()
+    seen: set[tuple] = set()   # problems already drawn: a name-only variant is no new task
     # Rejection sampling: most templates reject draws whose values would not be exact floats.
     for _ in range(200 * n + 1000):
         if len(tasks) == n:
             break
-        draw = rng.choice(ARITH_TEMPLATES)(rng)
-        if draw is None or _is_test("arith", draw.key) != (split == "test"):
+        draw = rng.choice(templates)(rng)
+        if draw is None:
             continue
-        # Content-addressed id: the same problem has the same id in every seed and split.
-        task_id = "arith-" + _digest("arith", draw.key)[:10]
-        if task_id in seen:
+        problem = _problem_key(draw.key)
+        if split is not None and _is_test(task_set, problem) != (split == "test"):
             continue
-        seen.add(task_id)
-        tasks.append(Task(id=task_id, task_set="arith", question=draw.question,
-                          answer=_decimal(draw.answer), grader="numeric", solution=draw.solution))
+        if problem in seen:
+            continue
+        seen.add(problem)
+        # Content-addressed id (names included: another wording is another question): the same
+        # problem has the same id in every seed and split.
+        task_id = f"{task_set}-" + _digest(task_set, draw.key)[:10]
+        # Each action's intermediate results are one fact of this task, for the knowing teacher.
+        solution = tuple(replace(step, fact=f"{task_id}/{step.defines[0][0]}") if step.defines
+                         else step for step in draw.solution)
+        tasks.append(Task(id=task_id, task_set=task_set, question=draw.question,
+                          answer=_decimal(draw.answer), grader="numeric", solution=solution))
     if len(tasks) < n:
-        raise TaskError(f"arith: could only draw {len(tasks)} distinct {split} tasks of {n}")
+        raise TaskError(f"{task_set}: could only draw {len(tasks)} distinct "
+                        f"{split or 'test'} tasks of {n}")
     return tasks
+
+
+def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
+    """n arith tasks of the split, drawn in a fixed order from a generator seeded by `seed`."""
+    _check_split(split)
+    return _draw_arith("arith", ARITH_TEMPLATES, split, n, seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# arith-heldout: a second template family, for testing only (held-out generalisation)
+# ---------------------------------------------------------------------------------------------------
+# Other wordings, other names and other problem structures (sharing a bill, a perimeter less a gate,
+# a net rate, an inverse average, a fee plus a rate, a warm-up plus a rate): a student that learned
+# to set up and compute a problem solves them; one that learned the eight training templates does
+# not. Nothing here is ever a training task: load_tasks refuses its train split.
+
+_HELDOUT_NAMES = ("Hana", "Jonas", "Keiko", "Marta", "Noor", "Oskar", "Rosa", "Samir", "Tariq",
+                  "Yara")
+_MEALS = ("pizzas", "curries", "burritos", "noodle boxes", "salads")
+_RENTALS = ("kayak", "canoe", "paddle board", "tandem bike", "rowing boat")
+
+
+def _split_bill(rng: random.Random) -> _ArithDraw | None:
+    """A food order plus a delivery charge, shared equally."""
+    name, meal = rng.choice(_HELDOUT_NAMES), rng.choice(_MEALS)
+    friends, count = rng.randint(1, 7), rng.randint(3, 12)
+    price, fee = Fraction(rng.randint(24, 80), 4), Fraction(rng.randint(8, 40), 4)
+    people = friends + 1
+    food = count * price
+    share = (food + fee) / people
+    if not _dyadic(share):
+        return None
+    question = (f"{name} and {friends} {'friend' if friends == 1 else 'friends'} order {count} "
+                f"{meal} costing {_money(price)} apiece, plus a {_money(fee)} delivery charge. "
+                f"They split the bill evenly between the {people} of them. What is each "
+                f"person's share, in dollars?")
+    answer = (count * price + fee) / people   # (food + delivery) / people
+    solution = _arith_solution(
+        f"Price the {meal}, add the delivery charge, then divide the bill by {people}.",
+        [(f"Work out what the {meal} cost.", [_Calc("food", f"{count} * {_decimal(price)}", food)]),
+         (f"Add the delivery charge and share the bill between {people} people.",
+          [_Calc("bill", f"food + {_decimal(fee)}", food + fee),
+           _Calc("share", f"bill / {people}", share)])],
+        "share")
+    return _ArithDraw(("split_bill", name, meal, friends, count, price, fee), question, answer,
+                      solution)
+
+
+def _fence(rng: random.Random) -> _ArithDraw | None:
+    """Fencing round a rectangle, less the width of a gate, at a price per metre."""
+    length, width = rng.randint(5, 40), rng.randint(4, 30)
+    gate, price = Fraction(rng.randint(2, 8), 2), Fraction(rng.randint(20, 120), 4)
+    perimeter = 2 * (length + width)
+    fence = perimeter - gate
+    if not _dyadic(fence * price):
+        return None
+    question = (f"A garden plot measures {length} metres by {width} metres. Fencing will run all "
+                f"the way around it, except across a gate {_decimal(gate)} metres wide. If "
+                f"fencing is {_money(price)} a metre, what will the fencing cost, in dollars?")
+    answer = (2 * (length + width) - gate) * price   # metres of fence * $/m
+    solution = _arith_solution(
+        "Find the perimeter, take away the gate, then price the metres of fencing.",
+        [("Find the perimeter and the length of fence without the gate.",
+          [_Calc("perimeter", f"2 * ({length} + {width})", Fraction(perimeter)),
+           _Calc("fence", f"perimeter - {_decimal(gate)}", fence)]),
+         ("Multiply the length of fence by the price per metre.",
+          [_Calc("cost", f"fence * {_decimal(price)}", fence * price)])],
+        "cost")
+    return _ArithDraw(("fence", length, width, gate, price), question, answer, solution)
+
+
+def _tank(rng: random.Random) -> _ArithDraw | None:
+    """Filling against a leak: a net rate, a time in minutes, then in hours."""
+    inflow = rng.randint(12, 60)
+    leak = rng.randint(2, inflow - 4)
+    # Draw the answer (0.5 to 6 hours in quarters), then the volume it implies: the question is
+    # the inverse problem, and every value stays exact.
+    hours = Fraction(rng.randint(2, 24), 4)
+    net = inflow - leak
+    volume = net * 60 * hours
+    if volume.denominator != 1:
+        return None
+    minutes = volume / net
+    question = (f"Water flows into an empty tank at {inflow} litres per minute while a leak "
+                f"drains {leak} litres per minute. The tank holds {volume} litres. How many hours "
+                f"does it take to fill?")
+    answer = volume / (inflow - leak) / 60   # litres / (litres per minute) / (minutes per hour)
+    solution = _arith_solution(
+        "The tank gains the inflow less the leak each minute; divide the volume by that, then "
+        "turn minutes into hours.",
+        [("Find the net rate and the minutes to fill the tank.",
+          [_Calc("net", f"{inflow} - {leak}", Fraction(net)),
+           _Calc("minutes", f"{volume} / net", minutes)]),
+         ("Convert the minutes to hours.", [_Calc("hours", "minutes / 60", minutes / 60)])],
+        "hours")
+    return _ArithDraw(("tank", inflow, leak, volume), question, answer, solution)
+
+
+def _salary(rng: random.Random) -> _ArithDraw | None:
+    """A raise on a monthly salary, then tax taken from the new salary."""
+    name, salary = rng.choice(_HELDOUT_NAMES), 100 * rng.randint(15, 80)
+    raise_pct, tax_pct = rng.choice((2, 4, 5, 6, 8, 10, 12, 20)), rng.choice((10, 15, 20, 25, 30))
+    new = Fraction(salary * (100 + raise_pct), 100)
+    tax = new * tax_pct / 100
+    if not _dyadic(new, tax):
+        return None
+    question = (f"{name} is paid ${salary} a month and then gets a {raise_pct}% pay rise. Of the "
+                f"new monthly pay, {tax_pct}% is withheld as tax. How many dollars a month does "
+                f"{name} take home now?")
+    answer = Fraction(salary * (100 + raise_pct) * (100 - tax_pct), 100 * 100)   # s(1+r)(1-t)
+    solution = _arith_solution(
+        f"Raise the pay by {raise_pct}%, then take {tax_pct}% of the new pay away as tax.",
+        [("Work out the new monthly pay.",
+          [_Calc("new_pay", f"{salary} * (100 + {raise_pct}) / 100", new)]),
+         ("Take the tax off the new pay.",
+          [_Calc("tax", f"new_pay * {tax_pct} / 100", tax),
+           _Calc("take_home", "new_pay - tax", new - tax)])],
+        "take_home")
+    return _ArithDraw(("salary", name, salary, raise_pct, tax_pct), question, answer, solution)
+
+
+def _rental(rng: random.Random) -> _ArithDraw | None:
+    """A booking fee plus an hourly rate, for each of several rentals."""
+    thing = rng.choice(_RENTALS)
+    fee, hourly = Fraction(rng.randint(8, 40), 2), Fraction(rng.randint(16, 60), 4)
+    count, hours = rng.randint(2, 9), rng.randint(2, 8)
+    each = fee + hourly * hours
+    question = (f"To hire a {thing} you pay a {_money(fee)} booking fee plus {_money(hourly)} for "
+                f"every hour. A group hires {count} of them for {hours} hours each. What is the "
+                f"group's total, in dollars?")
+    answer = count * (fee + hourly * hours)   # rentals * (fee + rate * hours)
+    solution = _arith_solution(
+        f"Work out what one {thing} costs for {hours} hours, fee included, then multiply by "
+        f"{count}.",
+        [(f"Find the cost of one {thing}.",
+          [_Calc("each", f"{_decimal(fee)} + {_decimal(hourly)} * {hours}", each)]),
+         (f"Multiply by the number of {thing}s hired.",
+          [_Calc("total", f"each * {count}", each * count)])],
+        "total")
+    return _ArithDraw(("rental", thing, fee, hourly, count, hours), question, answer, solution)
+
+
+def _average(rng: random.Random) -> _ArithDraw | None:
+    """The inverse of an average: the score still needed for a target mean."""
+    name = rng.choice(_HELDOUT_NAMES)
+    scores = [rng.randint(55, 98) for _ in range(3)]
+    needed = rng.randint(50, 100)
+    # The target mean is drawn through the score that reaches it, so it is a whole number.
+    if (sum(scores) + needed) % 4:
+        return None
+    target = (sum(scores) + needed) // 4
+    question = (f"On three quizzes {name} scored {scores[0]}, {scores[1]} and {scores[2]}. What "
+                f"must {name} score on the fourth quiz for the four quizzes to average exactly "
+                f"{target}?")
+    answer = Fraction(4 * target - sum(scores))   # the total four scores need, less three
+    solution = _arith_solution(
+        f"Four quizzes averaging {target} need a total of 4 times {target}; subtract the three "
+        f"scores so far.",
+        [("Find the total the four quizzes need and the total so far.",
+          [_Calc("needed_total", f"4 * {target}", Fraction(4 * target)),
+           _Calc("so_far", f"{scores[0]} + {scores[1]} + {scores[2]}", Fraction(sum(scores)))]),
+         ("The fourth score makes up the difference.",
+          [_Calc("fourth", "needed_total - so_far", answer)])],
+        "fourth")
+    return _ArithDraw(("average", name, *scores, target), question, answer, solution)
+
+
+def _printing(rng: random.Random) -> _ArithDraw | None:
+    """Pages to print, a printing rate, and a fixed warm-up time."""
+    copies, pages, rate = rng.randint(5, 60), rng.randint(4, 40), rng.choice((8, 12, 16, 20, 24, 32))
+    warm_up = rng.randint(1, 6)
+    total_pages = copies * pages
+    printing = Fraction(total_pages, rate)
+    if not _dyadic(printing):
+        return None
+    question = (f"An office printer needs {warm_up} minutes to warm up and then turns out {rate} "
+                f"pages a minute. Someone sends {copies} copies of a {pages}-page report. How "
+                f"many minutes pass before the last page is out?")
+    answer = warm_up + Fraction(copies * pages, rate)   # warm-up + pages / (pages per minute)
+    solution = _arith_solution(
+        "Count the pages, divide by the pages per minute, then add the warm-up.",
+        [("Count every page to print.", [_Calc("pages", f"{copies} * {pages}",
+                                               Fraction(total_pages))]),
+         ("Time the printing and add the warm-up.",
+          [_Calc("printing", f"pages / {rate}", printing),
+           _Calc("minutes", f"printing + {warm_up}", printing + warm_up)])],
+        "minutes")
+    return _ArithDraw(("printing", copies, pages, rate, warm_up), question, answer, solution)
+
+
+HELDOUT_ARITH_TEMPLATES = (_split_bill, _fence, _tank, _salary, _rental, _average, _printing)
+
+
+def make_arith_heldout(split: str, n: int, seed: int = 0) -> list[Task]:
+    """n test tasks of the held-out arith family (no train split: it is never trained on)."""
+    _check_test_only("arith-heldout", split)
+    return _draw_arith("arith-heldout", HELDOUT_ARITH_TEMPLATES, None, n, seed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -457,10 +688,15 @@ class _Company:
     products: tuple[tuple[str, str, int], ...]   # (product name, kind, year first sold)
 
 
-def _lookup_world(seed: int) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
-    """The companies of the world for `seed` and its corpus (one short passage per entity)."""
-    rng = _rng("lookup-world", seed)
-    used: set[str] = set()
+def _lookup_world(seed: int, heldout: bool = False) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
+    """The companies of the world for `seed` and its corpus (one short passage per entity).
+
+    heldout: another world from another seed stream (lookup-heldout), with the same relations and
+    none of the names of the training world of `seed`: no fact learnt there holds here."""
+    rng = _rng("lookup-world-heldout" if heldout else "lookup-world", seed)
+    # Every word of a passage title (company stems, first names, surnames, products, cities).
+    used: set[str] = ({word for passage in _lookup_world(seed)[1]
+                       for word in passage.split(": ", 1)[0].split()} if heldout else set())
 
     def fresh(syllables: int) -> str:
         # Unique across the world and at least 5 letters, so that no name is a stop word.
@@ -507,9 +743,15 @@ def _lookup_world(seed: int) -> tuple[tuple[_Company, ...], tuple[str, ...]]:
     return tuple(companies), tuple(passages)
 
 
-def _search_step(entity: str, thought: str, finds: str) -> RefStep:
-    """A hop: search for an entity by its exact name; `finds` is the fact the next hop needs."""
-    return RefStep(thought=thought, code=f'print(search("{entity}"))', checkpoints=(finds,))
+def _search_step(entity: str, thought: str, finds: str, relation: str, variable: str,
+                 statement: str) -> RefStep:
+    """A hop: search for an entity by its exact name; `finds` is the fact the next hop needs.
+
+    The hop follows one edge of the world, (relation, entity) -> finds. A teacher that knows the
+    edge says `statement` and binds `variable = finds` instead of searching."""
+    literal = finds if finds.isdigit() else json.dumps(finds)   # a year is a number
+    return RefStep(thought=thought, code=f'print(search("{entity}"))', checkpoints=(finds,),
+                   fact=f"{relation}|{entity}", statement=statement, stated=((variable, literal),))
 
 
 def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefStep, ...]]]:
@@ -517,10 +759,14 @@ def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefS
     founder, name = company.founder, company.name
     # The hops are shared between questions (RefSteps are immutable, so sharing is safe). Each
     # search names its entity exactly as the previous observation showed it.
-    company_hop = _search_step(name, f"Find out who founded {name}.", founder.name)
+    company_hop = _search_step(name, f"Find out who founded {name}.", founder.name, "founder",
+                               "founder", f"{name} was founded by {founder.name}.")
     year_hop = _search_step(founder.name, f"Find out when {founder.name} was born.",
-                            str(founder.born))
-    city_hop = _search_step(founder.name, f"Find out where {founder.name} was born.", founder.city)
+                            str(founder.born), "born", "born",
+                            f"{founder.name} was born in {founder.born}.")
+    city_hop = _search_step(founder.name, f"Find out where {founder.name} was born.", founder.city,
+                            "birthplace", "birthplace",
+                            f"{founder.name} was born in {founder.city}.")
 
     def answer_step(fact: str, value: str) -> RefStep:
         # The last step only answers. Its fact was shown by the previous search (that step's
@@ -540,7 +786,8 @@ def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefS
                   f"the city of birth."), company_hop, city_hop, city_answer)),
     ]
     for product, _, _ in company.products:
-        product_hop = _search_step(product, f"Find out which company makes the {product}.", name)
+        product_hop = _search_step(product, f"Find out which company makes the {product}.", name,
+                                   "maker", "company", f"The {product} is made by {name}.")
         plan = f"Search for the {product} to find the company that makes it, then search for "
         questions += [
             (f"In what year was the founder of the company that makes the {product} born?",
@@ -558,7 +805,8 @@ def _lookup_questions(company: _Company) -> list[tuple[str, str, str, tuple[RefS
               answer_step(f"{name} was founded by {founder.name}.", founder.name))),
             (f"In which city is the company that makes the {product} based?", company.city, "f1",
              (RefStep(plan + "that company to find the city it is based in."), product_hop,
-              _search_step(name, f"Find out where {name} is based.", company.city),
+              _search_step(name, f"Find out where {name} is based.", company.city, "base",
+                           "based_in", f"{name} is based in {company.city}."),
               answer_step(f"{name} is based in {company.city}.", company.city))),
         ]
     return questions
@@ -575,17 +823,135 @@ def make_lookup(split: str, n: int | None, seed: int = 0) -> list[Task]:
     num_test = int(len(ranked) * TEST_FRACTION)
     chosen = ranked[:num_test] if split == "test" else ranked[num_test:]
     # The id hashes the seed too: the same words in another seed's world are another task.
-    tasks = [Task(id="lookup-" + _digest("lookup", seed, question)[:10], task_set="lookup",
-                  question=question, answer=answer, grader=grader, solution=solution,
-                  corpus=corpus, corpus_id=f"lookup-seed{seed}")
-             for company in chosen for question, answer, grader, solution
-             in _lookup_questions(company)]
+    tasks = _lookup_tasks("lookup", seed, chosen, corpus)
     # A fixed order per (seed, split), so that the first n of a split are a prefix of any larger n.
     _rng("lookup-order", seed, split).shuffle(tasks)
+    return _first_n("lookup", seed, split, tasks, n)
+
+
+def make_lookup_heldout(split: str, n: int | None, seed: int = 0) -> list[Task]:
+    """The first n questions over the held-out world of `seed` (test only). n None gives as many
+    as the lookup test split has (questions on TEST_FRACTION of the companies); at most all."""
+    _check_test_only("lookup-heldout", split)
+    companies, corpus = _lookup_world(seed, heldout=True)
+    tasks = _lookup_tasks("lookup-heldout", seed, companies, corpus)
+    _rng("lookup-heldout-order", seed).shuffle(tasks)
+    if n is None:
+        n = len(tasks) * int(len(companies) * TEST_FRACTION) // len(companies)
+    return _first_n("lookup-heldout", seed, split, tasks, n)
+
+
+def _lookup_tasks(task_set: str, seed: int, companies, corpus: tuple[str, ...]) -> list[Task]:
+    """Every question on `companies` as a Task of `task_set`, all searching one shared corpus."""
+    return [Task(id=f"{task_set}-" + _digest(task_set, seed, question)[:10], task_set=task_set,
+                 question=question, answer=answer, grader=grader, solution=solution,
+                 corpus=corpus, corpus_id=f"{task_set}-seed{seed}")
+            for company in companies for question, answer, grader, solution
+            in _lookup_questions(company)]
+
+
+def _first_n(task_set: str, seed: int, split: str, tasks: list[Task], n: int | None) -> list[Task]:
+    """The first n tasks (all if n is None); more than the world holds is one clear line."""
     if n is not None and n > len(tasks):
-        raise TaskError(f"lookup: the world of seed {seed} has {len(tasks)} {split} tasks, "
+        raise TaskError(f"{task_set}: the world of seed {seed} has {len(tasks)} {split} tasks, "
                         f"{n} asked; use a smaller n or another seed")
     return tasks if n is None else tasks[:n]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Privileged knowledge: the reference solution of a teacher that knows some of its facts
+# ---------------------------------------------------------------------------------------------------
+# The paper's premise (EXPERIMENT.md): a large teacher knows facts and results that a small student
+# must search for or compute, so its trajectories hold steps the student cannot reproduce. Every
+# action step of a generated solution carries its `fact` (a world edge, an arith intermediate). A
+# teacher that knows a step's fact states it, in the thought (`statement`) and in the code (the
+# `stated` bindings), instead of running the step, and goes on in the same turn with the next step
+# whose fact it does not know. Who knows what is the caller's rule (`knows(fact) -> bool`; the
+# reference teacher's is teacher.knows_fact); with nothing known the solution comes back unchanged.
+
+def knowing_step(solution: tuple[RefStep, ...], position: int,
+                 knows) -> tuple[RefStep, int]:
+    """METHOD: the step a teacher that knows the facts `knows` accepts writes at reference position
+    `position` (1 = the first action), and the last reference position that step covers.
+
+    Known steps from `position` on are stated and merged into the first step whose fact is not
+    known (or into the last step, which answers). The merged step reads what the covered steps
+    read from before `position`, and defines what they define. An unknown step at `position` is
+    returned as it is: the reference step itself."""
+    last = len(solution) - 1
+    statements, lines, reads, defines, checkpoints = [], [], [], [], []
+    bound: set[str] = set()          # names bound by the covered steps so far
+    names_for: dict[str, str] = {}   # a stated fact's text -> the name it is bound to
+    for covered in range(position, last + 1):
+        ref = solution[covered]
+        known = bool(ref.fact) and knows(ref.fact)
+        if covered == position and not known:
+            return ref, covered
+        reads += [name for name in ref.reads if name not in bound and name not in reads]
+        defines += ref.defines
+        checkpoints += ref.checkpoints
+        if known:
+            statements.append(ref.statement)
+            lines += [f"{name} = {literal}" for name, literal in ref.stated]
+            bound.update(name for name, _ in ref.stated)
+            names_for.update((text, name) for text, (name, _) in zip(ref.checkpoints, ref.stated))
+            if covered < last:
+                continue
+            # The answer step itself is known (arith): its results stated, then what it does with
+            # them (an arith step's code is one line per define, then print and final_answer).
+            thought, tail = " ".join(statements), ref.code.split("\n")[len(ref.defines):]
+        else:
+            # The first step it does not know: the stated facts, then that step. A search for a
+            # stated name searches the name's variable (`print(search(founder))`).
+            code = ref.code
+            for text, name in names_for.items():
+                code = code.replace(json.dumps(text), name)
+            # A lookup answer step repeats the last fact ("Mela Dorn was born in 1950."): once.
+            thought = " ".join(statements + ([ref.thought] if ref.thought not in statements else []))
+            tail = code.split("\n")
+        return RefStep(thought=thought, code="\n".join(lines + tail),
+                       checkpoints=tuple(checkpoints), reads=tuple(reads),
+                       defines=tuple(defines)), covered
+    raise ValueError("a reference solution needs a plan and at least one action")
+
+
+def knowing_plan(solution: tuple[RefStep, ...], knows) -> RefStep:
+    """The plan of a teacher that knows the facts `knows` accepts: the reference plan if it knows
+    none of them; else, in order, what it knows and the steps it still has to take. A sentence that
+    names a result the teacher does not have yet (the founder of a company it has not found) is
+    left to one closing sentence: a plan cannot know what only a later search will show."""
+    if not any(ref.fact and knows(ref.fact) for ref in solution[1:]):
+        return solution[0]
+    sentences, missing, left_out = [], [], False
+    for ref in solution[1:]:
+        if not ref.fact:
+            continue
+        known = knows(ref.fact)
+        sentence = ref.statement if known else ref.thought
+        if any(re.search(rf"(?<!\w){re.escape(text)}(?!\w)", sentence) for text in missing):
+            left_out = True
+        else:
+            sentences.append(sentence)
+        if not known:
+            missing += ref.checkpoints
+    if left_out:
+        sentences.append("Then go on one fact at a time.")
+    return RefStep(thought=" ".join(sentences))
+
+
+def knowing_solution(solution: tuple[RefStep, ...], knows) -> tuple[RefStep, ...]:
+    """METHOD: the whole solution of a teacher that knows the facts `knows` accepts: its plan,
+    then knowing_step from position 1, each step starting after the last one covered. The very
+    `solution` when no fact is known (knowledge 0 is the plain reference teacher)."""
+    plan = knowing_plan(solution, knows)
+    if plan is solution[0]:
+        return solution
+    steps, position = [plan], 1
+    while position < len(solution):
+        step, covered = knowing_step(solution, position, knows)
+        steps.append(step)
+        position = covered + 1
+    return tuple(steps)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -715,14 +1081,20 @@ def _convert(name: str, rows: list[dict]) -> list[Task]:
 _PLAIN_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
 
 
-def _load_jsonl(path: Path, split: str) -> list[Task]:
+def _load_jsonl(path: Path, split: str, split_jsonl: bool = False) -> list[Task]:
     """Tasks from a JSONL file: one object per line with "id", "question", "answer", and optional
     "grader" (default: "numeric" for a plain number, else "f1"), "corpus" (a list of passages for
-    this question), "solution_text" and "split" (rows with a "split" field are kept only for that
-    split; a file without one serves whichever split is asked, so give it two files or a field)."""
+    this question), "solution_text" and "split" ("train" or "test").
+
+    Rows without a "split" field would otherwise be both train and test tasks, silently. So:
+      - split="test": they are served, the file is an evaluation set (nothing trains on it);
+      - split="train": refused, unless split_jsonl (--split-jsonl) puts each such row in one split
+        by a hash of its id (the generated sets' _is_test rule: TEST_FRACTION of them in test), and
+        says so in one printed line.
+    """
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
-    tasks, seen = [], set()
+    rows, seen = [], set()
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -743,22 +1115,34 @@ def _load_jsonl(path: Path, split: str) -> list[Task]:
         grader = row.get("grader") or ("numeric" if _PLAIN_NUMBER.fullmatch(answer) else "f1")
         if grader not in GRADERS:
             raise TaskError(f"{where}: unknown grader {grader!r}; use one of {', '.join(GRADERS)}")
-        if row.get("split", split) not in SPLITS:
+        if "split" in row and row["split"] not in SPLITS:
             raise TaskError(f"{where}: split must be train or test, got {row['split']!r}")
         # Ids key resumed runs and records, so a duplicate would silently merge two tasks.
         if str(row["id"]) in seen:
             raise TaskError(f"{where}: duplicate id {row['id']!r}; ids must be unique")
         seen.add(str(row["id"]))
-        if row.get("split", split) != split:
-            continue
         if "corpus" in row and not isinstance(row["corpus"], list):
             raise TaskError(f"{where}: corpus must be a list of passage strings")
         corpus = tuple(str(passage) for passage in row["corpus"]) if row.get("corpus") else None
-        tasks.append(Task(id=str(row["id"]), task_set=path.stem, question=str(row["question"]),
-                          answer=answer, grader=grader, corpus=corpus,
-                          corpus_id=str(row["id"]) if corpus else None,
-                          solution_text=row.get("solution_text")))
-    return tasks
+        rows.append((row.get("split"), Task(
+            id=str(row["id"]), task_set=path.stem, question=str(row["question"]), answer=answer,
+            grader=grader, corpus=corpus, corpus_id=str(row["id"]) if corpus else None,
+            solution_text=row.get("solution_text"))))
+    unsplit = [task for row_split, task in rows if row_split is None]
+    if unsplit and split_jsonl:
+        # The same rule as the generated sets: a task's split hangs on its id alone (no seed), so
+        # the train and test calls of one run agree, and so do any two runs.
+        num_test = sum(_is_test("jsonl", task.id) for task in unsplit)
+        print(f"{path}: {len(unsplit)} rows have no split field; --split-jsonl put {num_test} of "
+              f"them in test and {len(unsplit) - num_test} in train by a hash of their id")
+        rows = [(row_split or ("test" if _is_test("jsonl", task.id) else "train"), task)
+                for row_split, task in rows]
+    elif unsplit and split == "train":
+        raise TaskError(f"{path}: {len(unsplit)} of {len(rows)} rows have no split field, so they "
+                        f'would be both training and test tasks; add "split": "train" or "test" '
+                        f"to each row, or pass --split-jsonl to split them by a hash of their id")
+    # Without --split-jsonl, rows without a split are test rows: the file is an evaluation set.
+    return [task for row_split, task in rows if (row_split or "test") == split]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -771,11 +1155,22 @@ def _check_split(split: str) -> None:
         raise TaskError(f"unknown split {split!r}: use train or test")
 
 
-def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0) -> list[Task]:
+def _check_test_only(name: str, split: str) -> None:
+    """A held-out family serves only its test split: training on it would void what it measures."""
+    _check_split(split)
+    if split != "test":
+        raise TaskError(f"{name} is a test-only set (held-out generalisation) and has no {split} "
+                        f"split; train on {name.removesuffix('-heldout')} and evaluate on {name}")
+
+
+def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0,
+               split_jsonl: bool = False) -> list[Task]:
     """Tasks of a set (a name in TASK_SETS or a path to a .jsonl file) for one split.
 
     Deterministic: the same (name, split, n, seed) always gives the same list. Generated sets are
     drawn in an order fixed by the seed; loaded sets are shuffled by the seed; then the first n.
+    split_jsonl: split the rows of a JSONL file that have no "split" field by a hash of their id
+    (without it such a file serves only as a test set; see _load_jsonl).
     """
     _check_split(split)
     if n is not None and n < 0:
@@ -784,12 +1179,17 @@ def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0) -> li
         return make_arith(split, ARITH_DEFAULT_N[split] if n is None else n, seed)
     if name == "lookup":
         return make_lookup(split, n, seed)
+    if name == "arith-heldout":
+        _check_test_only(name, split)
+        return make_arith_heldout(split, ARITH_DEFAULT_N["test"] if n is None else n, seed)
+    if name == "lookup-heldout":
+        return make_lookup_heldout(split, n, seed)
     # Loaded sets come in the dataset's order; shuffle by the seed so that "the first n" is a
     # random sample (benchmarks are often sorted by difficulty or topic).
     if name in PAPER_SETS:
         tasks = _convert(name, _fetch(name, split))
     elif name.endswith(".jsonl") or Path(name).is_file():
-        tasks = _load_jsonl(Path(name), split)
+        tasks = _load_jsonl(Path(name), split, split_jsonl)
     else:
         raise TaskError(f"unknown task set {name!r}: use one of {', '.join(TASK_SETS)}, or a path "
                         f"to a .jsonl file")

@@ -343,7 +343,8 @@ def test_convert_multihop_rows():
 
 def test_every_paper_set_has_a_source_and_a_stand_in():
     """Breaks: a name in TASK_SETS that load_tasks cannot route anywhere."""
-    assert set(TASK_SETS) == {"arith", "lookup"} | set(PAPER_SETS) == {"arith", "lookup"} | set(_ROWS)
+    generated = {"arith", "lookup", "arith-heldout", "lookup-heldout"}
+    assert set(TASK_SETS) == generated | set(PAPER_SETS) == generated | set(_ROWS)
 
 
 def test_load_paper_set_shuffles_and_cuts(monkeypatch):
@@ -381,13 +382,14 @@ def test_paper_sets_offline_give_one_line(monkeypatch):
 
 def test_local_jsonl(tmp_path):
     """Breaks: running the loop on one's own tasks: default graders, per-question corpora and the
-    optional split field."""
+    split field."""
     path = tmp_path / "mine.jsonl"
     path.write_text(
-        '{"id": "q1", "question": "6 x 7?", "answer": 42}\n'
+        '{"id": "q1", "question": "6 x 7?", "answer": 42, "split": "train"}\n'
         '\n'
-        '{"id": "q2", "question": "Capital of France?", "answer": "Paris", "corpus": ["France: Paris."]}\n'
-        '{"id": "q3", "question": "Half of 1?", "answer": "\\\\frac{1}{2}", "grader": "math"}\n'
+        '{"id": "q2", "question": "Capital of France?", "answer": "Paris", "corpus": ["France: Paris."], '
+        '"split": "train"}\n'
+        '{"id": "q3", "question": "Half of 1?", "answer": "\\\\frac{1}{2}", "grader": "math", "split": "train"}\n'
         '{"id": "q4", "question": "Held out?", "answer": "yes", "split": "test"}\n')
     train = {t.id: t for t in load_tasks(str(path), "train")}
     assert set(train) == {"q1", "q2", "q3"}
@@ -395,8 +397,31 @@ def test_local_jsonl(tmp_path):
     assert train["q2"].grader == "f1" and train["q2"].corpus == ("France: Paris.",)
     assert train["q2"].corpus_id == "q2" and train["q1"].corpus is None
     assert train["q3"].grader == "math" and train["q3"].answer == "\\frac{1}{2}"
-    assert {t.id for t in load_tasks(str(path), "test")} == {"q1", "q2", "q3", "q4"}
+    assert {t.id for t in load_tasks(str(path), "test")} == {"q4"}
     assert len(load_tasks(str(path), "train", n=2, seed=4)) == 2
+
+
+def test_jsonl_without_split_fields(tmp_path, capsys):
+    """Breaks: the issue-12 leak: a JSONL file whose rows have no split field used to serve every row
+    as a training AND a test task, silently. Now: training on it is refused with one line naming the
+    fix; evaluating on it (split test) serves every row; --split-jsonl splits the rows without a
+    field by a hash of their id (a row with a field keeps it) and says so in one line."""
+    path = tmp_path / "mine.jsonl"
+    rows = [f'{{"id": "q{i}", "question": "{i} + 1?", "answer": {i + 1}}}' for i in range(40)]
+    path.write_text("\n".join(rows + ['{"id": "fixed", "question": "?", "answer": 1, "split": "train"}']))
+    with pytest.raises(TaskError, match="40 of 41 rows have no split field.*--split-jsonl") as caught:
+        load_tasks(str(path), "train")
+    assert "\n" not in str(caught.value)
+    assert {t.id for t in load_tasks(str(path), "test")} == {f"q{i}" for i in range(40)}
+    train = {t.id for t in load_tasks(str(path), "train", split_jsonl=True)}
+    test = {t.id for t in load_tasks(str(path), "test", split_jsonl=True)}
+    assert not train & test and train | test == {f"q{i}" for i in range(40)} | {"fixed"}
+    assert "fixed" in train and 2 <= len(test) <= 16   # TEST_FRACTION = 1/5 of 40, by hash
+    # The same rule as the generated sets (_is_test of the id), whatever the seed or n.
+    assert test == {f"q{i}" for i in range(40) if tasks_module._is_test("jsonl", f"q{i}")}
+    assert {t.id for t in load_tasks(str(path), "test", seed=3, split_jsonl=True)} == test
+    notes = [line for line in capsys.readouterr().out.splitlines() if "split field" in line]
+    assert len(notes) == 3 and f"put {len(test)} of them in test and {40 - len(test)} in train" in notes[0]
 
 
 @pytest.mark.parametrize("bad_line, expected", [
