@@ -13,7 +13,9 @@ For every task of the SFT and RL halves (METHOD.md section 3, phase 1):
   6. the student continues from prefix + teacher step with a fresh step budget;
   7. 2-6 repeat up to `max_corrections` times; a later verdict must point after the last teacher step;
   8. a correction is valid only if the episode finally ends correct with its teacher step still in
-     the trajectory. Each valid correction yields a key-step record; RL uses the last one.
+     the trajectory. Each valid correction yields a key-step record; RL uses the last one. A teacher
+     step that itself answers ends the episode; a wrong answer there is tagged hard (step 7 allows no
+     verdict at or before it, so no correction can follow).
 
 Deviations from the paper, with reasons:
   1. Replay from a fresh interpreter before the teacher step (the paper's code kept the interpreter
@@ -199,6 +201,8 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
                         trajectory.end_reason = "final_answer"
                         from agent import grade_trajectory
                         grade_trajectory(trajectory, episode.task)
+                        if not trajectory.correct:  # nothing after the teacher step is left to blame
+                            hard(trajectory, "teacher step answered wrong")
                     else:
                         next_starts.append(resume)
                         continue

@@ -8,10 +8,12 @@ correction of an MPS episode):
      interpreter is rebuilt by replaying the prefix's code. The teacher's step k is NOT shown: the
      student must find a step like it by itself;
   2. a group of G continuations is sampled (temperature 1, top-p 1), each run until it answers or
-     its step budget ends;
-  3. reward: 1 if the final answer is correct; otherwise the first generated step a_k is compared
-     with the teacher's step k (0.5) and the student's original wrong step k (0), 0.1 if neither;
-     a continuation that never answers gets 0;
+     its step budget ends, at step max(H, k + 3) (deviation 3);
+  3. reward: 1 if the final answer is correct; otherwise the first generated step a_k is judged
+     against the teacher's step k and the student's original wrong step k: 0.5 if equivalent to
+     the teacher's (even if the episode then runs out of steps), 0.1 if neither and the
+     continuation answered, and 0 for the rest: equivalent to the wrong step, unparseable, itself
+     a wrong final answer, or neither without an answer (the table: KEY_STEP_REWARDS, deviation 2);
   4. advantage A_i = r_i - mean of the group (GRPO's division by the std and RLOO's leave-one-out
      mean are options); a group whose rewards are all equal carries no signal and is skipped;
   5. one gradient step on L = -(1/N) sum_i sum_t m_it A_i log pi(y_it) over the exact sampled ids,
@@ -25,11 +27,32 @@ Deviations from the paper, each with its reason:
      stdout, graded final answer) compared with the stored observations of the teacher step and the
      wrong step, not by an LLM call per sample: it is free, deterministic and offline, and the
      teacher is freed before training on one GPU. `key_step_judge="teacher"` asks the teacher.
-  2. An unparseable first step gets 0 (the paper's judge would give it 0.1): a format failure
-     should not earn the reward for "a different but sensible step".
-  3. Step budget: a continuation may run up to step max(H, k), the paper's H - k + 1 remaining steps.
-     MPS gives the student a fresh budget after each teacher step, so a later correction can sit at
-     k > H; such a record still gets its key step rather than no step at all.
+  2. The reward of every case, with the reason where it is not METHOD.md's plain table (0.5 / 0 /
+     0.1 by a_k, 0 for a continuation that never answers):
+       final answer correct, whatever a_k was       1
+       a_k is itself a wrong final answer           0    the outcome only, as the paper's code gives no
+                                                         key-step credit to a first step that is the
+                                                         final answer (the plain table would call it
+                                                         "neither", 0.1): a wrong blurt must not
+                                                         outscore honest work
+       a_k equivalent to the teacher's step         0.5  also when the episode then runs out of steps
+                                                         (the plain table: 0): the key step was found,
+                                                         and the work after it is honest
+       a_k equivalent to the wrong step             0
+       a_k neither, and the continuation answered   0.1  "a different but sensible step"
+       a_k neither, and it never answered           0    as the paper: no answer shows that the
+                                                         different step led anywhere
+       a_k unparseable                              0    the paper's judge would give 0.1, but a format
+                                                         failure is not a sensible step
+       no a_k (the context overflowed first)        0    nothing was done to credit
+     k = 1, question starts and reward="outcome" are outcome-only: 1 if correct, else 0.
+  3. Horizon: a key-step continuation may run to step max(H, k + steps_after_key), 3 steps after
+     a_k by default. The paper leaves the episode's H - k + 1 remaining steps, but MPS here gives a
+     fresh budget after each teacher step, so key steps fall at k >= H, where that rule leaves a_k
+     alone and no continuation could ever answer. 3 is the most steps any offline reference
+     solution takes after its first action (lookup's three hops: two more searches and the answer),
+     so a continuation that finds the teacher's path can always finish it; with H = 6, key steps at
+     k <= 3 keep the paper's horizon exactly.
   4. Scale (DESIGN.md, Presets): lr 1e-5, G = 4 (CPU) / 8 (GPU), 4 / 16 start states per update;
      the paper used lr 7e-7 (full fine-tuning of 7B), G = 16 and 128 prompts per update on 8 GPUs.
      With LoRA, the SFT adapter is merged first and a fresh adapter is trained, so that "adapter
@@ -56,7 +79,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -83,6 +106,7 @@ class RLConfig:
     rl_start: str = "prefix"  # "prefix": restart before the key step | "question": bare task (Table 3 ablation)
     reward: str = "keystep"  # "keystep": METHOD.md's table | "outcome": 1 if correct, else 0 (Table 3 ablation)
     key_step_judge: str = "signature"  # "signature": compare stored observations | "teacher": teacher.equivalent
+    steps_after_key: int = 3  # steps a continuation may take after a_k, at least: step limit max(H, k + this)
     question_only_rate_hard: float = 0.5  # chance that a hard episode without key step joins as a question start
     question_only_rate_other: float = 0.1  # the same for every other episode without a key step (paper: 0.1)
     split: str = "rl"  # the MPS split RL trains on ("" = every record passed in)
@@ -180,11 +204,20 @@ def plan_updates(num_starts: int, config: RLConfig) -> list[list[int]]:
     return updates[:config.num_updates] if config.num_updates else updates
 
 
+def step_limit(k: int, max_steps: int, steps_after_key: int) -> int:
+    """METHOD: the last step a continuation from step k may take (deviation 3):
+        limit = max(H, k + steps_after_key)    H = max_steps
+    The paper's H keeps its short horizon where it leaves room; a late key step (MPS gives a fresh
+    budget after each correction, so k >= H happens) still leaves a_k and steps_after_key more to
+    reach an answer."""
+    return max(max_steps, k + steps_after_key)
+
+
 def rollout_groups(student, starts: Sequence[StartState], update_idx: int, config: RLConfig,
                    rollout_config: RolloutConfig, indexes: dict, sandbox_factory) -> list[list[Trajectory]]:
     """G continuations of each start, all episodes batched together. Returns (P, G) trajectories."""
     episode_starts = [Start(task=s.task, seed=derive_seed(config.seed, "rl", update_idx, s.key, i), prefix=s.prefix,
-                            step_limit=max(rollout_config.max_steps, s.k))  # deviation 3: at least step k
+                            step_limit=step_limit(s.k, rollout_config.max_steps, config.steps_after_key))
                       for s in starts for i in range(config.group_size)]
     sampling = dataclasses.replace(rollout_config, temperature=config.temperature, top_p=config.top_p)
     flat = rollout(student, episode_starts, sampling, indexes=indexes, sandbox_factory=sandbox_factory)
@@ -246,8 +279,22 @@ def same_signature(a: Step, b: Step, grader: str) -> bool:
     return sa.error_type == sb.error_type and sa.output == sb.output and answers_match
 
 
-# The key-step part of the table: the reward of a finished, wrong continuation by its first step a_k.
-KEY_STEP_REWARDS = {"teacher": 0.5, "wrong": 0.0, "neither": 0.1, "unparseable": 0.0}
+class KeyStepReward(NamedTuple):
+    """The reward of a continuation that did NOT end correct, by how it ended."""
+    answered: float  # it called final_answer, with a wrong answer
+    unfinished: float  # it never called final_answer: its step budget or the context ran out
+
+
+# METHOD: the key-step part of the reward table (deviation 2 says why each entry is what it is), by the
+# verdict on the first generated step a_k. A correct final answer gets 1 whatever a_k was.
+KEY_STEP_REWARDS = {                         # answered wrong, unfinished
+    "teacher": KeyStepReward(0.5, 0.5),      # a_k equivalent to the teacher's step k: honest work, even if unfinished
+    "neither": KeyStepReward(0.1, 0.0),      # a different step: credited only if the continuation answered
+    "wrong": KeyStepReward(0.0, 0.0),        # a_k equivalent to the student's original wrong step k
+    "answer": KeyStepReward(0.0, 0.0),       # a_k itself called final_answer, wrongly: the outcome only
+    "unparseable": KeyStepReward(0.0, 0.0),  # a_k could not be parsed: a format failure
+}
+# (An "answer" a_k ends the episode, so its unfinished entry never applies.)
 
 
 @dataclass
@@ -256,36 +303,42 @@ class Reward:
     reward: float  # r_i: what the advantage is computed from
     correct: bool  # its final answer grades correct (the outcome part)
     finished: bool  # it called final_answer within its step budget
-    key_step: str  # how a_k was judged: "teacher" | "wrong" | "neither" | "unparseable"; "" = not judged
+    key_step: str  # the verdict on a_k, a key of KEY_STEP_REWARDS; "" = not judged (correct, outcome-only, no a_k)
+
+
+def judge_first_step(first: Step, start: StartState, equivalent: Callable[[Step, Step], bool]) -> str:
+    """METHOD: the verdict on a_k, in this order: unparseable, a final answer (never credited as a key
+    step, whatever it matches), equivalent to the teacher's step, to the wrong step, neither."""
+    if first.parse_error:
+        return "unparseable"
+    if first.final_answer is not None:
+        return "answer"
+    if equivalent(first, start.teacher_step):
+        return "teacher"
+    if equivalent(first, start.wrong_step):
+        return "wrong"
+    return "neither"
 
 
 def continuation_reward(trajectory: Trajectory, start: StartState, judge_key_step: bool,
                         equivalent: Callable[[Step, Step], bool]) -> Reward:
-    """METHOD: the reward table of METHOD.md phase 3, in order:
-         final answer correct                  -> 1
-         never called final_answer             -> 0   (as the paper's code)
+    """METHOD: the reward table of METHOD.md phase 3 with deviation 2, in order:
+         final answer correct                   -> 1
          outcome only (k = 1, question start,
-           reward="outcome")                   -> 0
-         a_k unparseable                       -> 0   (deviation 2)
-         a_k equivalent to the teacher step    -> 0.5
-         a_k equivalent to the wrong step      -> 0
-         neither                               -> 0.1"""
+           reward="outcome")                    -> 0
+         no a_k (the context overflowed first)  -> 0
+         otherwise, by the verdict v on a_k     -> KEY_STEP_REWARDS[v].answered     if it answered (wrongly)
+                                                   KEY_STEP_REWARDS[v].unfinished   if it never answered
+       so: teacher 0.5 (answered or not); neither 0.1 if answered, else 0; wrong, unparseable and
+       a wrong final answer at a_k 0."""
     if trajectory.correct:
         return Reward(1.0, True, True, "")
-    if not trajectory.finished:
-        return Reward(0.0, False, False, "")
-    if not judge_key_step:
-        return Reward(0.0, False, True, "")
-    first = trajectory.steps[start.k - 1]  # a_k: the first step this continuation generated
-    if first.parse_error:
-        verdict = "unparseable"
-    elif equivalent(first, start.teacher_step):
-        verdict = "teacher"
-    elif equivalent(first, start.wrong_step):
-        verdict = "wrong"
-    else:
-        verdict = "neither"
-    return Reward(KEY_STEP_REWARDS[verdict], False, True, verdict)
+    finished = trajectory.finished
+    if not judge_key_step or len(trajectory.steps) < start.k:
+        return Reward(0.0, False, finished, "")
+    verdict = judge_first_step(trajectory.steps[start.k - 1], start, equivalent)  # a_k: the first generated step
+    table = KEY_STEP_REWARDS[verdict]
+    return Reward(table.answered if finished else table.unfinished, False, finished, verdict)
 
 
 def group_rewards(group: Sequence[Trajectory], start: StartState, config: RLConfig, teacher=None) -> list[Reward]:
@@ -536,7 +589,7 @@ def update_record(update_idx: int, per_epoch: int, batch: Sequence[StartState], 
         "rl/reward_mean": sum(r.reward for r in flat) / len(flat),  # mean reward over the update's episodes
         "rl/share_correct": share(lambda r: r.correct),  # episodes whose final answer is correct (reward 1)
         "rl/share_unfinished": share(lambda r: not r.finished),  # episodes that never called final_answer
-        # episodes finished wrong, by the verdict on their first step a_k (teacher, wrong, neither, unparseable)
+        # episodes not correct (answered or unfinished), by the verdict on a_k (a key of KEY_STEP_REWARDS)
         **{f"rl/share_key_{v}": share(lambda r, v=v: r.key_step == v) for v in KEY_STEP_REWARDS},
         "rl/groups": len(batch),  # start states in this update
         "rl/skipped_groups": skipped,  # groups whose rewards were all equal: no signal, not trained on

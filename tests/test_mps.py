@@ -108,6 +108,28 @@ def test_unusable_verdicts_tag_hard(tokenizer, blame, reason):
     assert t.hard and t.hard_reason == reason and not t.correct
 
 
+def test_a_teacher_step_that_answers_wrong_is_hard(tokenizer):
+    """Issue 11: a teacher step that calls final_answer with a wrong answer ends the episode, and no later
+    verdict may blame it, so the episode is hard. If this failed, RL would sample it as a question-only
+    start at the rate of easy episodes (0.1, not 0.5) and diagnostics would count it as wrong but not hard."""
+    teacher = ScriptedTeacher(lambda t: 2, code="final_answer(41)")
+    [t] = _run(tokenizer, WRONG_THEN_ANSWER, teacher)
+    assert not t.correct and t.final_answer == "41" and [s.author for s in t.steps] == ["student", "teacher"]
+    assert t.hard and t.hard_reason == "teacher step answered wrong"
+    assert len(t.corrections) == 1 and not t.corrections[0]["valid"] and len(teacher.calls) == 1
+    report = diagnostics([t])
+    assert (report["hard"], report["wrong_not_hard"]) == (1, 0)
+    assert report["hard_reasons"] == {"teacher step answered wrong": 1}
+    assert derive_outputs([t], MPSConfig()) == ([], [])  # no SFT trajectory, no key step
+
+
+def test_a_teacher_step_that_answers_right_ends_the_episode_valid(tokenizer):
+    """The other side: a teacher step whose final answer is right ends the episode correct, with a valid
+    correction and not hard. If this failed, the hard tag above would catch good corrections too."""
+    [t] = _run(tokenizer, WRONG_THEN_ANSWER, ScriptedTeacher(lambda t: 2, code="final_answer(42)"))
+    assert t.correct and not t.hard and t.corrections[0]["valid"] and len(t.steps) == 2
+
+
 def test_second_correction_must_come_after_the_first(tokenizer):
     """A later verdict must point after the last teacher step; blaming the teacher's own step is hard.
     And corrections stop at max_corrections."""

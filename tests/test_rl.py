@@ -14,9 +14,9 @@ from agent import RolloutConfig, Step, Trajectory, format_step, grade_trajectory
 from bench.tasks import RefStep, Task
 from conftest import make_tiny_student
 from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, group_advantages, group_rewards,
-                micro_batches, normalise_output, pad_left, prepare_model, rl_update, rollout_groups,
-                select_start_states, supervised_logprobs, train_rl)
-from student import Sample, Student, token_logprobs
+                micro_batches, normalise_output, pad_left, prepare_model, rl_update, rollout_groups, same_signature,
+                select_start_states, step_limit, supervised_logprobs, train_rl)
+from student import Sample, ScriptedStudent, Student, token_logprobs
 from tools import ToolResult
 
 TASK = Task(id="toy-0", task_set="toy", question="What is 6 times 7?", answer="42", grader="numeric",
@@ -178,17 +178,27 @@ ANSWER_WRONG = step(2, "final_answer(48)", "", final_answer="48")
      ERROR_WRONG, 2, 0.1, "neither"),
     ("neither", step(2, "print(7)", "7\n"), "41", WRONG_STEP, 2, 0.1, "neither"),
     ("empty signatures never match", step(2, "z = 1", ""), "41", SILENT_WRONG, 2, 0.1, "neither"),
-    ("final answers match on the graded answer", step(2, "final_answer(48.0)", "", final_answer="48.0"), None,
-     ANSWER_WRONG, 2, 0.0, "wrong"),
+    ("a_k answers right", step(2, "final_answer(42)", "", final_answer="42"), None, WRONG_STEP, 2, 1.0, ""),
+    ("a_k answers wrong, unlike the wrong step", step(2, "final_answer(41)", "", final_answer="41"), None,
+     WRONG_STEP, 2, 0.0, "answer"),
+    ("a_k repeats the wrong step's wrong answer", step(2, "final_answer(48.0)", "", final_answer="48.0"), None,
+     ANSWER_WRONG, 2, 0.0, "answer"),
     ("unparseable first step", step(2, parse_error=True, error=True, observation="Error: could not read"), "41",
      WRONG_STEP, 2, 0.0, "unparseable"),
     ("k = 1: outcome only", step(1, kind="plan", observation="None"), "41", WRONG_STEP, 1, 0.0, ""),
-    ("unfinished, even with a teacher match", step(2, "print(42)", "42\n"), "unfinished", WRONG_STEP, 2, 0.0, ""),
+    ("unfinished after a teacher match: honest work", step(2, "print(42)", "42\n"), "unfinished", WRONG_STEP, 2,
+     0.5, "teacher"),
+    ("unfinished after neither", step(2, "print(7)", "7\n"), "unfinished", WRONG_STEP, 2, 0.0, "neither"),
+    ("unfinished after the wrong step", step(2, "x = 48\nprint(x)", "48\n"), "unfinished", WRONG_STEP, 2, 0.0,
+     "wrong"),
+    ("unfinished after an unparseable step", step(2, parse_error=True, error=True, observation="Error: could not read"),
+     "unfinished", WRONG_STEP, 2, 0.0, "unparseable"),
     ("correct answer, even after the wrong step", step(2, "x = 48\nprint(x)", "48\n"), "42", WRONG_STEP, 2, 1.0, ""),
 ])
 def test_reward_table(case, first, ends, wrong, k, expected, verdict):
-    """Each row of METHOD.md phase 3's reward table. If this failed, RL would reward the wrong behaviour
-    (e.g. pay for an unfinished episode, or treat a silent step as the teacher's step)."""
+    """Each row of the reward table (rl.py, deviation 2). If this failed, RL would reward the wrong
+    behaviour (e.g. pay a wrong answer blurted at a_k, give nothing to an unfinished episode whose a_k
+    was the teacher's step, or treat a silent step as the teacher's step)."""
     start = StartState(TASK, [PLAN][:k - 1], k, TEACHER if k > 1 else PLAN, wrong if k > 1 else PLAN, "keystep")
     steps = list(start.prefix) + [first]
     if ends not in (None, "unfinished"):
@@ -200,6 +210,48 @@ def test_reward_table(case, first, ends, wrong, k, expected, verdict):
     [reward] = group_rewards([trajectory], start, RLConfig())
     assert (reward.reward, reward.key_step) == (expected, verdict), case
     assert reward.correct == (expected == 1.0) and reward.finished == (ends != "unfinished")
+
+
+def test_a_wrong_blurt_never_outscores_honest_work():
+    """Issue 11: a_k = final_answer(wrong) was judged "neither" and paid 0.1, above a continuation that
+    took the teacher's step and then ran out of steps (0). If this failed, RL would teach the student
+    to guess at the key step rather than work."""
+    start = StartState(TASK, [PLAN], 2, TEACHER, WRONG_STEP, "keystep")
+
+    def reward(*steps):
+        trajectory = Trajectory("toy-0", "toy", TASK.question, "42", steps=[PLAN, *steps])
+        if steps[-1].final_answer is not None:
+            trajectory.final_answer, trajectory.finished = steps[-1].final_answer, True
+        grade_trajectory(trajectory, TASK)
+        return group_rewards([trajectory], start, RLConfig())[0].reward
+    blurt = reward(step(2, "final_answer(41)", "", final_answer="41"))
+    honest = reward(step(2, "x = 6 * 7\nprint(x)", "42\n"), step(3, "print(x + 1)", "43\n"))  # out of steps
+    different = reward(step(2, "print(7)", "7\n"), step(3, "final_answer(41)", "", final_answer="41"))
+    assert (blurt, honest, different) == (0.0, 0.5, 0.1)
+
+
+def test_final_answers_match_on_the_graded_answer():
+    """Two final answers are the same step when the task's grader says so ("48.0" is "48"). If this
+    failed, a_k could never match a teacher step that answers."""
+    assert same_signature(step(2, "final_answer(48.0)", final_answer="48.0"), ANSWER_WRONG, "numeric")
+    assert not same_signature(step(2, "final_answer(41)", final_answer="41"), ANSWER_WRONG, "numeric")
+
+
+def test_late_key_step_leaves_room_to_answer(tokenizer):
+    """Issue 11: a key step at k >= H left the continuation only a_k (step limit max(H, k)), so the
+    teacher's step could never lead to an answer. Now the limit is max(H, k + steps_after_key). If
+    this failed, late key steps would be unfinished by construction and earn at most the key-step part."""
+    assert [step_limit(k, 6, 3) for k in (1, 2, 3, 4, 6, 9)] == [6, 6, 6, 7, 9, 12]
+    prefix = [PLAN, step(2, "x = 6", "", author="teacher"), step(3, "y = 7", ""), step(4, "z = 0", "")]
+    record = keystep_record(k=5, prefix=prefix, teacher=step(5, "x = 6 * 7\nprint(x)", "42\n", author="teacher"),
+                            wrong=step(5, "x = 6 * 8\nprint(x)", "48\n"))
+    [start] = select_start_states([record], {"toy-0": TASK}, RLConfig())
+    script = lambda prompt, seed: RIGHT if prompt.count("<|im_start|>assistant") == 5 else ANSWER
+    config = RLConfig(group_size=2)
+    [group] = rollout_groups(ScriptedStudent(tokenizer, script), [start], 0, config,
+                             RolloutConfig(max_steps=4, max_new_tokens=32), {}, InProcessSandbox)
+    assert [len(t.steps) for t in group] == [6, 6] and all(t.correct for t in group)  # a_k at 5, the answer at 6
+    assert [r.reward for r in group_rewards(group, start, config)] == [1.0, 1.0]
 
 
 def test_outcome_ablation_and_teacher_judge():
@@ -355,13 +407,15 @@ def test_learning_raises_the_rewarded_first_step(tokenizer, tmp_path):
 def test_zero_variance_groups_are_skipped(tokenizer, tmp_path):
     """A random tiny model never calls final_answer: every reward is 0, so every group is skipped
     (counted), no step is taken and the weights stay as they were. Also: a record with k > H still
-    gets its key step (deviation 3). If this failed, no-signal groups would add noise or crash."""
+    gets its key step and steps_after_key more (deviation 3: step limit max(H, k + steps_after_key)).
+    If this failed, no-signal groups would add noise or crash."""
     student = make_tiny_student(tokenizer, seed=5)
     before = {n: p.detach().clone() for n, p in student.model.named_parameters()}
     prefix_3 = (PLAN, step(2, "x = 6 * 7\nprint(x)", "42\n", author="teacher"))
     records = [keystep_record(k=3, prefix=prefix_3), keystep_record(task_id="toy-1")]
     tasks = {"toy-0": TASK, "toy-1": dataclasses.replace(TASK, id="toy-1")}
-    summary = train_rl(student, records, tasks, quick(group_size=3, prompts_per_update=2, num_updates=1), tmp_path,
+    config = quick(group_size=3, prompts_per_update=2, num_updates=1, steps_after_key=1)
+    summary = train_rl(student, records, tasks, config, tmp_path,
                        tmp_path / "metrics.jsonl", tmp_path / "samples",
                        rollout_config=RolloutConfig(max_steps=2, max_new_tokens=6), sandbox_factory=real_sandbox)
     [record] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -370,7 +424,8 @@ def test_zero_variance_groups_are_skipped(tokenizer, tmp_path):
     assert all(torch.equal(before[n], p) for n, p in student.model.named_parameters())
     [sample] = [json.loads(p.read_text()) for p in (tmp_path / "samples").iterdir()]
     k = sample["k"]
-    assert all([s["index"] for s in c["steps"]] == ([3] if k == 3 else [2]) for c in sample["continuations"])
+    # H = 2: k = 3 runs to step max(2, 3 + 1) = 4, k = 2 to step max(2, 2 + 1) = 3
+    assert all([s["index"] for s in c["steps"]] == [k, k + 1] for c in sample["continuations"])
 
 
 def test_kl_is_zero_at_first_update_with_a_fresh_adapter(tokenizer, tmp_path):
