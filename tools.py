@@ -458,7 +458,8 @@ def _remove_files_of(uid: int) -> None:
 # arguments and returns ALLOW or an errno. It denies what no step of Python code needs and what
 # an escape would use: sockets (the network, other processes' Unix sockets), new processes and
 # threads, exec, ptrace and reading other processes' memory, io_uring (which can open sockets
-# without the socket call), and signals to any process but W itself.
+# without the socket call), new namespaces and mounts, a few kernel interfaces that only exploits
+# use, and signals to any process but W itself.
 
 _SYSCALLS = {  # name -> (x86_64 number, aarch64 number); None where the call does not exist
     "socket": (41, 198), "socketpair": (53, 199), "clone": (56, 220), "fork": (57, None),
@@ -467,7 +468,10 @@ _SYSCALLS = {  # name -> (x86_64 number, aarch64 number); None where the call do
     "rt_tgsigqueueinfo": (297, 240), "execveat": (322, 281), "process_vm_readv": (310, 270),
     "process_vm_writev": (311, 271), "pidfd_send_signal": (424, 424), "io_uring_setup": (425, 425),
     "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "pidfd_open": (434, 434),
-    "clone3": (435, 435),
+    "clone3": (435, 435), "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40),
+    "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51), "bpf": (321, 280),
+    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218),
 }
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _DENIED = {"socket": errno.EACCES, "socketpair": errno.EACCES, "clone": errno.EAGAIN,
@@ -475,7 +479,11 @@ _DENIED = {"socket": errno.EACCES, "socketpair": errno.EACCES, "clone": errno.EA
            "execve": errno.EACCES, "execveat": errno.EACCES, "ptrace": errno.EPERM,
            "process_vm_readv": errno.EPERM, "process_vm_writev": errno.EPERM,
            "pidfd_open": errno.EPERM, "pidfd_send_signal": errno.EPERM,
-           "io_uring_setup": errno.EPERM, "io_uring_enter": errno.EPERM, "io_uring_register": errno.EPERM}
+           "io_uring_setup": errno.EPERM, "io_uring_enter": errno.EPERM, "io_uring_register": errno.EPERM,
+           # New namespaces (a user namespace makes W "root" of its own little world), mounts, and
+           # kernel interfaces no Python step needs and exploits like: bpf, perf, userfaultfd, keys.
+           **dict.fromkeys(("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "bpf",
+                            "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key"), errno.EPERM)}
 _SELF_ONLY = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")  # first argument: a pid
 
 

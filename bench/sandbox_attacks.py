@@ -327,6 +327,10 @@ ATTACKS = [
            classic("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                    "if libc.ptrace(16, os.getppid(), 0, 0) != 0:\n    raise OSError(ctypes.get_errno(), 'ptrace')",
                    "Error: PermissionError")),
+    Attack("user_namespace", "unshare(CLONE_NEWUSER): become root of a new namespace",
+           classic("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                   "if libc.unshare(0x10000000) != 0:\n    raise OSError(ctypes.get_errno(), 'unshare')",
+                   "Error: PermissionError")),
     Attack("output_flood", "print 100 MB", classic("print('x' * 100_000_000)", "Error: OutputLimitError")),
     Attack("c_crash", "dereference NULL", classic("import ctypes\nctypes.string_at(0)", "InterpreterDied")),
 ]
