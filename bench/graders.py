@@ -270,7 +270,10 @@ def grade(grader: str, prediction: str | None, reference: str) -> float:
 
 def _grade(grader: str, prediction: str, reference: str) -> float:
     if grader == "choice":
-        return float(choice_letter(prediction) == choice_letter(reference) is not None)
+        letter = choice_letter(reference)
+        if letter is None:  # a reference that names no option (a data error): compare as text
+            return float(exact_match(prediction, reference))
+        return float(choice_letter(prediction) == letter)
     if grader in ("f1", "exact") and not normalize_answer(reference):
         # Deviation 4: a reference that normalises to nothing ("A", "The") is compared as text.
         return float(prediction.lower().rstrip(".") == reference.lower().rstrip("."))
@@ -298,25 +301,26 @@ def _grade(grader: str, prediction: str, reference: str) -> float:
     return float(_math_verify_equal(prediction, reference))
 
 
-# An option letter: alone ("B", "b", "(B)", "B."), or first, followed by its text ("B) Paris",
-# "B: Paris", "B. Paris"), possibly after "answer:" / "the answer is" / "option".
+# An option letter: alone ("B", "b", "B."), in brackets ("(B)", "[b] Paris"), or first and followed
+# by its text ("B) Paris", "B: Paris", "B. Paris"), possibly after "answer:" / "the answer is" / "option".
 _CHOICE_PREFIX = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:=]?\s*", re.I)
-_CHOICE = re.compile(r"^[(\[]?(?P<letter>[A-Za-z])[)\]]?(?:[.:)]\s*(?P<rest>.*))?$", re.S)
+_BRACKETED_LETTER = re.compile(r"[(\[]([A-Za-z])[)\]]")
+_BARE_LETTER = re.compile(r"([A-Za-z])(?:[.:)]|$)")
 
 
 def choice_letter(text: str) -> str | None:
     """The option letter a multiple-choice answer names, upper-cased, or None if it names none.
 
-    A lone lowercase letter counts ("b"); a lowercase letter followed by words does not ("a
-    dog" is an article), and neither does a word ("The", "Paris")."""
+    A lone lowercase letter counts ("b"); a bare lowercase letter followed by words does not ("a.
+    dog"), and neither does a word ("The", "Paris") or a list ("B and C")."""
     text = _CHOICE_PREFIX.sub("", _unlatex(text.strip())).strip()
-    match = _CHOICE.match(text)
-    if match is None:
+    bracketed = _BRACKETED_LETTER.match(text)
+    if bracketed:
+        return bracketed[1].upper()
+    bare = _BARE_LETTER.match(text)
+    if bare is None or (text[bare.end():].strip() and bare[1].islower()):
         return None
-    letter, rest = match["letter"], match["rest"]
-    if rest and letter.islower():
-        return None
-    return letter.upper()
+    return bare[1].upper()
 
 
 def is_correct(grader: str, prediction: str | None, reference: str) -> bool:

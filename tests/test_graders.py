@@ -197,8 +197,10 @@ def test_numeric_grader_bounds_digits_and_exponents(prediction, reference, expec
 
 @pytest.mark.parametrize("prediction, expected", [
     ("B", 1.0), ("b", 1.0), ("(B)", 1.0), ("B.", 1.0), ("B) Paris", 1.0), ("B. Paris", 1.0),
-    ("Answer: B", 1.0), ("the answer is (B)", 1.0), ("\\boxed{B}", 1.0),
-    ("A", 0.0), ("the", 0.0), (".", 0.0), ("Paris", 0.0), ("b dog", 0.0), ("", 0.0), (None, 0.0),
+    ("Answer: B", 1.0), ("the answer is (B)", 1.0), ("\\boxed{B}", 1.0), ("(B) Paris", 1.0),
+    ("[b] Paris", 1.0), ("Option B", 1.0),
+    ("A", 0.0), ("the", 0.0), (".", 0.0), ("Paris", 0.0), ("b dog", 0.0), ("b. dog", 0.0),
+    ("B and C", 0.0), ("B, C", 0.0), ("I think B", 0.0), ("", 0.0), (None, 0.0),
 ])
 def test_choice_grader(prediction, expected):
     """Breaks: multiple-choice scoring: the letter a prediction names, in the ways models write it,
