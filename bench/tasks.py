@@ -875,9 +875,9 @@ def knowing_step(solution: tuple[RefStep, ...], position: int,
     `position` (1 = the first action), and the last reference position that step covers.
 
     Known steps from `position` on are stated and merged into the first step whose fact is not
-    known (or into the last step, which answers). The merged step reads what the covered steps
-    read from before `position`, and defines what they define. An unknown step at `position` is
-    returned as it is: the reference step itself."""
+    known (or into the last step, which answers). The merged step reads what its one computed step
+    reads and the stated facts do not bind, and defines what every covered step defines. An
+    unknown step at `position` is returned as it is: the reference step itself."""
     last = len(solution) - 1
     statements, lines, reads, defines, checkpoints = [], [], [], [], []
     bound: set[str] = set()          # names bound by the covered steps so far
@@ -887,7 +887,6 @@ def knowing_step(solution: tuple[RefStep, ...], position: int,
         known = bool(ref.fact) and knows(ref.fact)
         if covered == position and not known:
             return ref, covered
-        reads += [name for name in ref.reads if name not in bound and name not in reads]
         defines += ref.defines
         checkpoints += ref.checkpoints
         if known:
@@ -901,8 +900,10 @@ def knowing_step(solution: tuple[RefStep, ...], position: int,
             # them (an arith step's code is one line per define, then print and final_answer).
             thought, tail = " ".join(statements), ref.code.split("\n")[len(ref.defines):]
         else:
-            # The first step it does not know: the stated facts, then that step. A search for a
-            # stated name searches the name's variable (`print(search(founder))`).
+            # The first step it does not know: the stated facts, then that step, which reads what
+            # they did not bind. A search for a stated name searches the name's variable
+            # (`print(search(founder))`).
+            reads = [name for name in ref.reads if name not in bound]
             code = ref.code
             for text, name in names_for.items():
                 code = code.replace(json.dumps(text), name)

@@ -5,6 +5,7 @@ that reproduce each dataset's real field names and nesting; the hub itself is ne
 """
 
 import re
+from dataclasses import replace
 from fractions import Fraction
 
 import bm25s
@@ -12,8 +13,8 @@ import pytest
 
 import bench.tasks as tasks_module
 from bench.graders import is_correct
-from bench.tasks import (PAPER_SETS, TASK_SETS, Task, TaskError, _convert, _shop, load_tasks,
-                         make_arith, make_lookup)
+from bench.tasks import (PAPER_SETS, TASK_SETS, Task, TaskError, _convert, _shop, knowing_solution,
+                         knowing_step, load_tasks, make_arith, make_lookup)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,6 +56,25 @@ def test_train_and_test_share_no_task():
     def chain_entities(tasks):
         return {c for t in tasks for step in t.solution for c in step.checkpoints if " " in c}
     assert chain_entities(test) and not chain_entities(test) & chain_entities(train)
+
+
+def test_arith_split_ignores_names():
+    """Breaks: the issue-12 leak: problems that differ only in a person's name (or the item bought)
+    fell in both splits (9 of the 200 test tasks at n = 1000). The split hashes the numbers and the
+    template; within a split a name-only variant is no new task; ids still address the full content."""
+    words = "|".join(map(re.escape, tasks_module._NAMES + tasks_module._ITEMS))
+
+    def numbers_and_wording(task):  # the question with every name and item blanked out
+        return re.sub(rf"\b(?:{words})\b", "_", task.question)
+
+    for seed in (0, 1):
+        train, test = make_arith("train", 1000, seed), make_arith("test", 200, seed)
+        assert not {numbers_and_wording(t) for t in train} & {numbers_and_wording(t) for t in test}
+        assert len({numbers_and_wording(t) for t in train}) == 1000
+    # Ids stay content-addressed, names included: one id per question text, whatever the seed.
+    pairs = {(t.id, t.question) for seed in (0, 1) for split, n in (("train", 1000), ("test", 200))
+             for t in make_arith(split, n, seed)}
+    assert len({i for i, _ in pairs}) == len({q for _, q in pairs}) == len(pairs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,9 +237,11 @@ def test_lookup_has_distractors():
 def test_lookup_hops_surface_their_checkpoint():
     """Breaks: the reference solutions and the reference teacher's lookup checkpoints: each
     search, run on a BM25 index of the corpus, must show the fact the next hop needs in its top 3
-    (here even top 1), within the CPU preset's 400-character observation budget."""
-    for seed in (0, 3):
-        tasks = make_lookup("train", 60, seed) + make_lookup("test", 40, seed)
+    (here even top 1), within the CPU preset's 400-character observation budget; in the held-out
+    world too."""
+    for seed, tasks in [(seed, tasks) for seed in (0, 3) for tasks in (
+            make_lookup("train", 60, seed) + make_lookup("test", 40, seed),
+            load_tasks("lookup-heldout", "test", 60, seed))]:
         corpus = list(tasks[0].corpus)
         retriever = bm25s.BM25()
         retriever.index(bm25s.tokenize(corpus, show_progress=False), show_progress=False)
@@ -237,26 +259,186 @@ def test_lookup_hops_surface_their_checkpoint():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Held-out families: test only, other templates, another world
+# ---------------------------------------------------------------------------------------------------
+
+# One pattern per held-out template, with the answer recomputed from the question's own numbers.
+_HELDOUT_QUESTIONS = [
+    (r"and (\d+) friends? order (\d+) .+ costing \$([\d.]+) apiece, plus a \$([\d.]+) delivery",
+     lambda friends, count, price, fee: (count * price + fee) / (friends + 1)),
+    (r"measures (\d+) metres by (\d+) metres\..* gate ([\d.]+) metres wide\. If fencing is "
+     r"\$([\d.]+) a metre", lambda length, width, gate, price: (2 * (length + width) - gate) * price),
+    (r"at (\d+) litres per minute while a leak drains (\d+) litres per minute\. The tank holds "
+     r"(\d+) litres", lambda inflow, leak, volume: volume / (inflow - leak) / 60),
+    (r"paid \$(\d+) a month and then gets a (\d+)% pay rise\. Of the new monthly pay, (\d+)%",
+     lambda pay, rise, tax: pay * (1 + rise / 100) * (1 - tax / 100)),
+    (r"pay a \$([\d.]+) booking fee plus \$([\d.]+) for every hour\. A group hires (\d+) of them "
+     r"for (\d+) hours", lambda fee, hourly, count, hours: count * (fee + hourly * hours)),
+    (r"scored (\d+), (\d+) and (\d+)\..* average exactly (\d+)\?",
+     lambda a, b, c, mean: 4 * mean - a - b - c),
+    (r"needs (\d+) minutes to warm up and then turns out (\d+) pages a minute\. Someone sends "
+     r"(\d+) copies of a (\d+)-page report", lambda warm, rate, copies, pages: warm + copies * pages / rate),
+]
+
+
+def test_heldout_sets_are_test_only():
+    """Breaks: held-out generalisation: a held-out family that could be trained on measures nothing.
+    Its train split is refused with one line; its test split is listed and loads."""
+    for name in ("arith-heldout", "lookup-heldout"):
+        assert name in TASK_SETS
+        with pytest.raises(TaskError, match=f"{name} is a test-only set") as caught:
+            load_tasks(name, "train", 5)
+        assert "\n" not in str(caught.value)
+        tasks = load_tasks(name, "test", 5, seed=2)
+        assert len(tasks) == 5 and all(t.task_set == name and t.id.startswith(name + "-") for t in tasks)
+    assert len(load_tasks("arith-heldout", "test")) == 200
+    assert len(load_tasks("lookup-heldout", "test")) == len(load_tasks("lookup", "test"))
+    assert len(load_tasks("lookup-heldout", "test", 700)) == 700
+
+
+def test_heldout_sets_are_deterministic():
+    """Breaks: comparing arms and seeds on the same held-out tasks, and resuming an evaluation."""
+    for name in ("arith-heldout", "lookup-heldout"):
+        assert load_tasks(name, "test", 30, seed=1) == load_tasks(name, "test", 30, seed=1)
+        assert load_tasks(name, "test", 10, seed=1) == load_tasks(name, "test", 30, seed=1)[:10]
+        assert load_tasks(name, "test", 30, seed=1) != load_tasks(name, "test", 30, seed=2)
+
+
+def test_arith_heldout_is_another_family():
+    """Breaks: the held-out arith family as a test of the method rather than of the templates: no
+    held-out question matches a training template or shares a question or a name with the training
+    family; each answer is what its own question asks (recomputed from the text); every held-out
+    template appears; solutions keep the CPU preset's shape."""
+    training = make_arith("train", 1000, 0) + make_arith("test", 200, 0)
+    heldout = load_tasks("arith-heldout", "test", 300, seed=0)
+    assert not {t.question for t in heldout} & {t.question for t in training}
+    assert not {t.id for t in heldout} & {t.id for t in training}
+    seen = set()
+    for task in heldout:
+        assert not any(re.search(pattern, task.question) for pattern, _ in _ARITH_QUESTIONS), task.question
+        assert not any(re.search(rf"\b{name}\b", task.question) for name in tasks_module._NAMES)
+        matches = [(i, m) for i, (pattern, _) in enumerate(_HELDOUT_QUESTIONS) if (m := re.search(pattern, task.question))]
+        assert len(matches) == 1, task.question
+        index, match = matches[0]
+        assert Fraction(task.answer) == _HELDOUT_QUESTIONS[index][1](*(Fraction(g) for g in match.groups()))
+        assert task.grader == "numeric" and task.corpus is None and 3 <= len(task.solution) <= 4
+        seen.add(index)
+    assert seen == set(range(len(_HELDOUT_QUESTIONS)))
+    # No two held-out tasks are one problem under other names.
+    words = "|".join(map(re.escape, tasks_module._HELDOUT_NAMES + tasks_module._MEALS + tasks_module._RENTALS))
+    assert len({re.sub(rf"\b(?:{words})\b", "_", t.question) for t in heldout}) == len(heldout)
+
+
+def test_lookup_heldout_is_another_world():
+    """Breaks: the held-out lookup world as a test of searching rather than of memory: it shares no
+    name with the training world of the same seed (no fact learnt there holds), it has the same
+    relations and question forms, and every answer follows from its own corpus."""
+    for seed in (0, 1):
+        train = make_lookup("train", None, seed)
+        heldout = load_tasks("lookup-heldout", "test", 700, seed=seed)
+        words = lambda corpus: {w for passage in corpus for w in passage.split(": ", 1)[0].split()}
+        assert not words(heldout[0].corpus) & words(train[0].corpus) - set(tasks_module._SUFFIXES)
+        assert not {t.question for t in heldout} & {t.question for t in train}
+        assert heldout[0].corpus_id == f"lookup-heldout-seed{seed}" != train[0].corpus_id
+        facts = _facts(heldout[0].corpus)
+        for task in heldout:
+            assert _answer_from_corpus(task.question, facts) == task.answer
+            assert task.corpus is heldout[0].corpus
+        # Same relations: the same facts kinds ("founder|...", "born|...") on every chain.
+        relations = lambda tasks: {s.fact.split("|")[0] for t in tasks for s in t.solution if s.fact}
+        assert relations(heldout) == relations(train) == {"maker", "founder", "born", "birthplace", "base"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Privileged knowledge: a solution rewritten for a teacher that knows some of its facts
+# ---------------------------------------------------------------------------------------------------
+
+def test_knowing_solution_by_hand():
+    """Breaks: the knowing teacher's steps (teacher.py's reference teacher with --teacher-knowledge).
+    By hand, the shop problem of test_shop_template_by_hand: knowing the subtotal, the teacher writes
+    `subtotal = 360` and goes straight on to the discount in the same step; knowing both steps, it
+    answers in one step of literals; knowing nothing, the solution is the reference itself. A lookup
+    chain: knowing who makes the product, it states the maker and searches for its founder through
+    the variable; its plan does not name the founder it has yet to find."""
+    draw = _shop(_ScriptedRng("Mia", "pens", 24, 60, 15))
+    solution = tuple(replace(s, fact=f"shop/{s.defines[0][0]}") if s.defines else s for s in draw.solution)
+    assert knowing_solution(solution, lambda fact: False) is solution
+    plan, step = knowing_solution(solution, {"shop/subtotal"}.__contains__)
+    assert plan.thought == step.thought == ("subtotal = 24 * 15 = 360. Now take 15% off the subtotal; that is "
+                                            "what Mia pays.")
+    assert step.code == ("subtotal = 360\ndiscount = subtotal * 15 / 100\ntotal = subtotal - discount\n"
+                         "print(discount, total)\nfinal_answer(total)")
+    assert step.reads == () and step.checkpoints == ("360", "54.0", "306.0")
+    _, everything = knowing_solution(solution, lambda fact: True)
+    assert everything.code == "subtotal = 360\ndiscount = 54.0\ntotal = 306.0\nprint(discount, total)\nfinal_answer(total)"
+    # Knowing only the second step: the first is the reference step itself, the second states it all.
+    first, covered = knowing_step(solution, 1, {"shop/discount"}.__contains__)
+    assert first is solution[1] and covered == 1
+    second, covered = knowing_step(solution, 2, {"shop/discount"}.__contains__)
+    assert covered == 2 and second.code == "discount = 54.0\ntotal = 306.0\nprint(discount, total)\nfinal_answer(total)"
+
+    task = next(t for t in make_lookup("train", 60, seed=0) if t.id == "lookup-9ae2caaef7")
+    facts = [s.fact for s in task.solution]
+    assert facts == ["", "maker|Goulaisais", "founder|Druzideim Industries", "born|Vokel Breitail", ""]
+    plan, *steps = knowing_solution(task.solution, {"maker|Goulaisais"}.__contains__)
+    assert plan.thought == ("The Goulaisais is made by Druzideim Industries. Find out who founded Druzideim "
+                            "Industries. Then go on one fact at a time.")
+    assert [s.code for s in steps] == ['company = "Druzideim Industries"\nprint(search(company))',
+                                       'print(search("Vokel Breitail"))', 'final_answer("1937")']
+    *_, last = knowing_solution(task.solution, {"born|Vokel Breitail"}.__contains__)
+    assert (last.thought, last.code) == ("Vokel Breitail was born in 1937.", "born = 1937\nfinal_answer(born)")
+
+
+def test_lookup_facts_are_world_edges():
+    """Breaks: one teacher, one memory: a world edge is one fact whichever question reaches it (so the
+    teacher knows the founder of a company in every question about it, or in none), and an arith
+    intermediate is a fact of its own task. Every action step but a lookup answer has a fact with a
+    statement and the bindings that state it."""
+    lookup = make_lookup("train", None, seed=0)
+    by_edge = {}
+    for task in lookup:
+        for step in task.solution[1:]:
+            if step.fact:
+                by_edge.setdefault(step.fact, set()).add((step.checkpoints, step.stated, step.statement))
+            else:
+                assert "final_answer(" in step.code and step is task.solution[-1]
+    assert all(len(versions) == 1 for versions in by_edge.values())
+    assert sum(1 for t in lookup for s in t.solution if s.fact == "founder|" + t.solution[2].fact.split("|")[1]) > 5
+    arith = make_arith("train", 50, seed=0)
+    arith_facts = [s.fact for t in arith for s in t.solution[1:]]
+    assert all(f.startswith(t.id + "/") for t in arith for f in [s.fact for s in t.solution[1:]])
+    assert len(set(arith_facts)) == len(arith_facts)
+    for task in arith:
+        for step in task.solution[1:]:
+            assert step.stated == step.defines and step.statement.count(" = ") == 2 * len(step.defines)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The reference solutions run: every one reaches its answer in the project's sandbox
 # ---------------------------------------------------------------------------------------------------
 
 def test_reference_solutions_reach_their_answers():
     """Breaks: phase 0 (BC) and the reference teacher, which replay these solutions: each step must
     run without error in the sandbox, print exactly its checkpoints (arith) or show its fact
-    (lookup), and the final answer must grade correct."""
+    (lookup), and the final answer must grade correct. The held-out families too: the reference
+    teacher evaluates on them."""
     from tools import Sandbox, SearchIndex
 
-    lookup = make_lookup("train", 25, seed=0) + make_lookup("test", 25, seed=0)
-    arith = make_arith("train", 25, seed=0) + make_arith("test", 25, seed=0)
-    index = SearchIndex(lookup[0].corpus)      # one index per corpus, as the agent loop builds it
+    lookup = (make_lookup("train", 25, seed=0) + make_lookup("test", 25, seed=0)
+              + load_tasks("lookup-heldout", "test", 25, seed=0))
+    arith = (make_arith("train", 25, seed=0) + make_arith("test", 25, seed=0)
+             + load_tasks("arith-heldout", "test", 40, seed=0))
+    # One index per corpus, as the agent loop builds it.
+    indexes = {t.corpus_id: SearchIndex(t.corpus) for t in lookup}
+    assert len(indexes) == 2
     for task in arith + lookup:
         # The CPU preset's 400-character observation budget: the facts must survive it.
-        with Sandbox(corpus=index if task.corpus else None, timeout_s=10,
+        with Sandbox(corpus=indexes[task.corpus_id] if task.corpus else None, timeout_s=10,
                      max_output_chars=400) as sandbox:
             for step in task.solution[1:]:
                 result = sandbox.run(step.code)
                 assert not result.error, (task.id, step.code, result.error)
-                if task.task_set == "arith":
+                if task.task_set in ("arith", "arith-heldout"):
                     assert result.text.split() == list(step.checkpoints), (task.id, result.text)
                 else:
                     assert all(c in result.text for c in step.checkpoints), (task.id, result.text)

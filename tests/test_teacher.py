@@ -199,6 +199,225 @@ def test_reference_equivalence(recipe):
     assert not teacher.equivalent(recipe, [], a, other)
 
 
+# ---------------------------------------------------------------------------------------------- privileged knowledge
+
+def knowledge_tasks():
+    """Tasks of every generated family, the held-out ones included (the teacher evaluates on them)."""
+    return (load_tasks("arith", "train", 12) + load_tasks("lookup", "train", 12) + load_tasks("arith", "test", 4)
+            + load_tasks("lookup", "test", 4) + load_tasks("arith-heldout", "test", 8)
+            + load_tasks("lookup-heldout", "test", 8))
+
+
+def searched(code):
+    """The queries of the search() calls in a block of code (by its syntax, not its text)."""
+    import ast
+    return [node for node in ast.walk(ast.parse(code))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "search"]
+
+
+def test_knowledge_zero_is_todays_reference_teacher(recipe, product):
+    """P = 0 writes today's reference solution step for step (same text, same observations), at the
+    default and when asked for explicitly, and its corrections are today's (the reference step made
+    self-contained). If this broke, `--teacher-knowledge 0` would not reproduce the results measured
+    before the knowledge gap existed."""
+    from bench.tasks import knowing_solution
+    from teacher import knows_nothing
+    tasks = knowledge_tasks()
+    default, zero = ReferenceTeacher(tasks), make_teacher("reference", tasks, knowledge=0.0, seed=3)
+    assert default.knowledge == zero.knowledge == 0.0
+    for task in tasks[::3] + [recipe, product]:
+        assert knowing_solution(task.solution, knows_nothing) is task.solution
+        for teacher in (default, zero):
+            trajectory = teacher.solve(task, CONFIG, seed=0)
+            assert [(s.thought, s.code) for s in trajectory.steps] == [(r.thought, r.code) for r in task.solution]
+            assert [s.content for s in trajectory.steps] == [
+                format_step("plan" if i == 0 else "action", r.thought, r.code) for i, r in enumerate(task.solution)]
+            assert trajectory.correct
+    # A correction at step 3 of the recipe after a plan and step 2: today's reference step 2.
+    trajectory = episode(recipe, [ref(recipe, 1), "final_answer(1)"])
+    verdict = zero.verdict(trajectory, recipe.answer)
+    step = zero.replacement_step(recipe, trajectory.steps[:2], trajectory.steps[2], verdict)
+    assert step.code == "scale = 0.5\n" + ref(recipe, 2) and step.thought == recipe.solution[2].thought
+
+
+def test_knowledge_one_never_searches_a_known_fact(monkeypatch):
+    """P = 1 knows every edge of the world: its lookup episodes make no search() call at all (counted
+    where the host answers them) and state each fact on the chain in the code; its arith episodes
+    compute nothing (every intermediate is a literal). At P = 0.5 every search is for an edge it does
+    not know, and every edge it knows is stated, not searched. If this broke, the teacher-student gap
+    would not be there, or would be there only in the text."""
+    import tools
+    from teacher import knows_fact
+    queries = []
+    original = tools.SearchIndex.search
+    monkeypatch.setattr(tools.SearchIndex, "search", lambda self, query, k=3: queries.append(query) or original(self, query, k))
+    tasks = knowledge_tasks()
+    lookups = [t for t in tasks if t.corpus]
+    everything = ReferenceTeacher(tasks, knowledge=1.0)
+    for task in tasks:
+        trajectory = everything.solve(task, CONFIG, seed=0)
+        assert trajectory.correct and len(trajectory.steps) == 2  # the plan, then one step that answers
+        code = trajectory.steps[1].code
+        assert not searched(code)
+        for fact_step in task.solution[1:]:
+            for name, literal in fact_step.stated:
+                assert f"{name} = {literal}" in code
+    assert queries == []  # not one search() reached the host
+    half = ReferenceTeacher(tasks, knowledge=0.5)
+    known_edges = unknown_edges = 0
+    for task in lookups:
+        queries.clear()
+        trajectory = half.solve(task, CONFIG, seed=0)
+        assert trajectory.correct
+        codes = "\n".join(s.code for s in trajectory.steps)
+        for hop in task.solution[1:-1]:
+            entity = hop.fact.split("|", 1)[1]
+            if knows_fact(hop.fact, 0.5, 0):
+                known_edges += 1
+                assert entity not in queries and f"{hop.stated[0][0]} = {hop.stated[0][1]}" in codes
+            else:
+                unknown_edges += 1
+                assert entity in queries
+        assert len(queries) == sum(len(searched(s.code)) for s in trajectory.steps)
+    assert known_edges > 5 and unknown_edges > 5
+
+
+def test_knowledge_is_one_seeded_rule_for_bc_and_corrections():
+    """The same P and seed make the same choices in BC (solve) and in corrections: starting from the
+    teacher's own plan, a chain of replacement steps (each run after the previous ones) rewrites the
+    BC episode step for step (a correction only binds, first, the names it reads). Tasks where a
+    later hop's fact already shows in an earlier observation (a company based in its founder's city
+    of birth) are left out: there the rule skips that hop at any P, today's behaviour. The rule is
+    the seeded hash of (fact, seed): P is the share of facts known, a larger P knows a superset,
+    another seed knows other facts. If this broke, MPS corrections and BC data would come from two
+    different teachers, and the experiment would not test one teacher's knowledge."""
+    from teacher import knows_fact
+    facts = [f"founder|Company {i}" for i in range(4000)]
+    for p in (0.1, 0.5, 0.9):
+        assert abs(sum(knows_fact(f, p, 0) for f in facts) / len(facts) - p) < 0.03
+    assert all(knows_fact(f, 0.7, 0) for f in facts if knows_fact(f, 0.4, 0))
+    assert {f for f in facts if knows_fact(f, 0.5, 0)} != {f for f in facts if knows_fact(f, 0.5, 1)}
+    assert not any(knows_fact(f, 0.0, 0) for f in facts) and all(knows_fact(f, 1.0, 5) for f in facts)
+    def early_fact(task):  # a checkpoint shown before its own reference step ran
+        steps = ReferenceTeacher([task]).solve(task, CONFIG, seed=0).steps
+        return any(shows_checkpoint(s.observation, c) for p, r in enumerate(task.solution[1:], start=1)
+                   for s in steps[1:p] for c in r.checkpoints)
+
+    tasks = [t for t in load_tasks("arith", "train", 6) + load_tasks("lookup", "train", 10) if not early_fact(t)]
+    assert len(tasks) >= 13
+    stated_somewhere = 0
+    for seed in (0, 1):
+        teacher = ReferenceTeacher(tasks, seed=seed, knowledge=0.5)
+        for task in tasks:
+            bc = teacher.solve(task, CONFIG, seed=0)
+            chain, verdict = [], Verdict(1, "", "")
+            while not chain or chain[-1].final_answer is None:
+                step = teacher.replacement_step(task, chain, None, verdict)
+                chain.append(run_after_prefix(task, chain, step))
+                assert len(chain) <= len(bc.steps)
+            assert len(chain) == len(bc.steps)
+            for mine, theirs in zip(chain, bc.steps):
+                assert mine.thought == theirs.thought
+                bindings = mine.code.split("\n")[:len(mine.code.split("\n")) - len(theirs.code.split("\n"))]
+                assert mine.code == "\n".join(bindings + [theirs.code])
+                assert all(line.split(" = ")[0] in theirs.code for line in bindings)
+            stated_somewhere += any(" = " in s.thought for s in bc.steps) or any(
+                '= "' in s.code for s in bc.steps)
+    assert stated_somewhere > 4
+
+
+def test_knowledge_corrections_state_what_the_teacher_knows(product):
+    """After a student who searched for the maker and then answered wrongly, the correction is the
+    founder hop: stated (`founder = "Vokel Breitail"`, no search) by a seed that knows that edge,
+    searched by a seed that does not, exactly as knows_fact says, and either one runs and shows the
+    way on. If this broke, corrections would ignore the teacher's knowledge."""
+    from teacher import knows_fact
+    trajectory = episode(product, [ref(product, 1), 'final_answer("1950")'])
+    edge = product.solution[2].fact
+    assert edge == "founder|Druzideim Industries"
+    seeds = {knows_fact(edge, 0.5, seed): seed for seed in range(20)}
+    assert set(seeds) == {True, False}
+    for knows, seed in seeds.items():
+        teacher = ReferenceTeacher([product], seed=seed, knowledge=0.5)
+        verdict = teacher.verdict(trajectory, product.answer)
+        assert verdict.first_error_step == 3
+        step = teacher.replacement_step(product, trajectory.steps[:2], trajectory.steps[2], verdict)
+        if knows:
+            assert step.code.startswith('founder = "Vokel Breitail"') and "Vokel Breitail" in step.thought
+            assert 'search("Druzideim Industries")' not in step.code
+        else:
+            assert step.code == ref(product, 2)
+        ran = run_after_prefix(product, trajectory.steps[:2], step)
+        assert not ran.error
+        assert "1937" in ran.observation or "Vokel Breitail" in ran.observation or ran.final_answer == "1937"
+
+
+@pytest.mark.parametrize("knowledge", [0.3, 0.7])
+def test_knowledge_solutions_reach_the_answer(knowledge):
+    """With any P, the teacher's own episodes (every generated family, held-out ones too) run in the
+    sandbox without an error, end with the correct answer within the reference's number of steps, and
+    its own rules find no error in them. If this broke, BC at P > 0 would train on wrong or broken
+    trajectories, or the oracle row would not be 100%."""
+    from teacher import first_error
+    tasks = knowledge_tasks()
+    teacher = ReferenceTeacher(tasks, seed=1, knowledge=knowledge)
+    shorter = 0
+    for task in tasks:
+        trajectory = teacher.solve(task, CONFIG, seed=0)
+        assert trajectory.correct and trajectory.finished, (task.id, [s.code for s in trajectory.steps])
+        assert not any(s.error for s in trajectory.steps)
+        assert first_error(task, trajectory.steps, judge_stated=True)[0] == 0
+        assert teacher.verdict(trajectory, task.answer).first_error_step == 0
+        assert len(trajectory.steps) <= len(task.solution)
+        shorter += len(trajectory.steps) < len(task.solution)
+    assert shorter > len(tasks) // 10
+
+
+def test_knowledge_judges_the_students_stated_facts(product):
+    """A knowing teacher judges a STUDENT's stated fact: stating a world name the student never saw
+    and that is off the reference path (a company that does not make the product) is the first
+    error; stating the right company is not, and counts as reached (the correction moves on to the
+    founder hop); searching instead is fine. If this broke, the teacher would wave through
+    hallucinated facts, or blame students for knowing."""
+    from teacher import self_contained_step
+    teacher = ReferenceTeacher([product], seed=0, knowledge=0.5)
+    titles = [p.split(": ", 1)[0] for p in product.corpus]
+    other = next(t for t in titles if t.endswith(" Corp") and t != "Druzideim Industries")
+    wrong = episode(product, [f'company = "{other}"\nprint(search(company))', 'final_answer("1950")'])
+    verdict = teacher.verdict(wrong, product.answer)
+    assert verdict.first_error_step == 2 and other in verdict.analysis
+    right = episode(product, ['company = "Druzideim Industries"', 'final_answer("1950")'])
+    verdict = teacher.verdict(right, product.answer)
+    assert verdict.first_error_step == 3
+    step = teacher.replacement_step(product, right.steps[:2], right.steps[2], verdict)
+    assert 'search("Goulaisais")' not in step.code and "Druzideim Industries was founded by" in step.thought
+    assert step.code == self_contained_step(product, 2, teacher.knows).code
+    clean = episode(product, [ref(product, 1), ref(product, 2), ref(product, 3), ref(product, 4)])
+    assert clean.correct and teacher.verdict(clean, product.answer).first_error_step == 0
+    # The plain reference teacher (P = 0) keeps today's rules: the wrong statement is not judged.
+    assert ReferenceTeacher([product]).verdict(wrong, product.answer).first_error_step == 3
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_knowledge_outside_zero_one_is_refused(bad, recipe):
+    """P must be a share in [0, 1]: anything else is a ValueError of one line that names the value,
+    from the class and from make_teacher. If this broke, a typo (`--teacher-knowledge 50`) would run
+    a teacher that knows everything, or crash later with a traceback."""
+    for build in (lambda: ReferenceTeacher([recipe], knowledge=bad), lambda: make_teacher("reference", [recipe], knowledge=bad)):
+        with pytest.raises(ValueError, match="teacher knowledge must be a number from 0 to 1") as caught:
+            build()
+        assert "\n" not in str(caught.value) and repr(bad) in str(caught.value)
+
+
+def test_knowledge_is_for_the_reference_teacher_only(recipe):
+    """An LLM teacher knows what it knows: asking one for privileged knowledge is refused in one line,
+    before any model is loaded. If this broke, --teacher-knowledge would silently do nothing."""
+    for spec, url in (("smol-135m-q4", None), ("reference", "http://127.0.0.1:9")):
+        with pytest.raises(TeacherError, match="teacher-knowledge") as caught:
+            make_teacher(spec, [recipe], url=url, knowledge=0.5)
+        assert "\n" not in str(caught.value)
+
+
 # ---------------------------------------------------------------------------------------------- prompts and parsers
 
 def test_parse_verdict_validates():
