@@ -166,9 +166,24 @@ def git_commit() -> str:
         return ""
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the filesystem allows (one copy of a checkpoint's weights on disk), else a copy.
+    Sharing the file is safe because nothing here rewrites a file in place: every writer writes a new
+    file under a temporary name and renames it over the old one, which leaves the other link alone."""
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def branch_run(source: Path, target: Path, phases: list[str]) -> list[str]:
     """--init-from: copy the records and checkpoints of `phases` (finished in `source`) into the new
-    run `target`, so an ablation reuses them instead of recomputing. Returns the phases copied."""
+    run `target`, so an ablation reuses them instead of recomputing. Returns the phases copied.
+    Directories (checkpoints, samples) are hard-linked file by file; records are copied, since a
+    resumed run appends to them. phases.json is written last, in one go: a branch killed half way
+    has no finished phase, and branching again redoes it whole."""
     done = finished_phases(source)
     files = {"eval": ["eval/base.json", "eval/base.jsonl", "eval/teacher.json", "eval/teacher.jsonl"],
              "bc": ["bc.jsonl", "checkpoints/bc", "eval/bc.json", "eval/bc.jsonl"],
@@ -180,14 +195,17 @@ def branch_run(source: Path, target: Path, phases: list[str]) -> list[str]:
         for name in files[phase]:
             src, dst = source / name, target / name
             if src.is_dir():
-                shutil.copytree(src, dst, dirs_exist_ok=True)
+                shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=link_or_copy)
             elif src.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-        mark_phase_done(target, phase, dict(done[phase], copied_from=source.name))
-    metrics = source / "metrics.jsonl"  # the training curves of the copied phases
-    labels = {"bc", "sft", "rl"} & set(copied)
-    for record in read_jsonl(metrics):
-        if record.get("label") in labels or ("rl" in copied and any(k.startswith("rl/") for k in record)):
-            append_jsonl(target / "metrics.jsonl", record)
+    labels = {"bc", "sft", "rl"} & set(copied)  # the training curves of the copied phases
+    curves = [r for r in read_jsonl(source / "metrics.jsonl")
+              if r.get("label") in labels or ("rl" in copied and any(k.startswith("rl/") for k in r))]
+    if curves:
+        write_atomic(target / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
+    if copied:
+        phases_now = finished_phases(target)
+        phases_now.update({p: dict(done[p], copied_from=source.name) for p in copied})
+        write_json_atomic(target / "phases.json", phases_now)
     return copied

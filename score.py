@@ -5,6 +5,7 @@
     python score.py eval --student qwen-7b   # a GPU preset (needs the hub, or a local directory)
     python score.py --teacher smol-135m-q4   # the same loop with a real LLM teacher through llama.cpp
     python score.py show RUN [TASK_ID]       # the audit view of MPS: first error, verdict, correction
+    python score.py compare --seeds 0,1,2    # SCoRe against imitation and the RL ablations (compare.py)
 
 The default teacher is `reference`, a scripted expert that knows each generated task's reference
 solution: the only GGUF that ships offline (SmolLM2-135M) is far too small to teach (DESIGN.md,
@@ -47,8 +48,10 @@ class Config:
     student: str = arg("smol-135m", "student: a preset (smol-135m, qwen-0.5b..qwen-7b, llama-8b), hub id or local dir")
     tasks: str = arg("arith,lookup", "comma-separated task sets (arith, lookup, gsm8k, math500, aime24, aime25, "
                                      "hotpotqa, 2wiki, musique, bamboogle) or paths to .jsonl files")
-    n: int | None = arg(None, "tasks per task set: training tasks for training phases, test tasks for eval "
-                              "(cpu preset 20, cpu-full 80, gpu 100)")
+    n: int | None = arg(None, "tasks per task set: test tasks for eval, and training tasks unless --n-train is "
+                              "set (cpu preset 20, cpu-full 80, gpu 100)")
+    n_train: int | None = arg(None, "training tasks per task set (default: --n; cpu-full 250, for enough RL key "
+                                    "steps); ignored by a preset when --n is given")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
     method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)")
     init_from: str = arg("", "a run (name or directory) whose finished phases this new run starts from, up to "
@@ -60,6 +63,11 @@ class Config:
     teacher_sees: str = arg("answer", "answer (as the paper) or solution (also the task's reference solution)")
     teacher_cache: str = arg("", "file of cached teacher calls, shareable across runs (default: inside the run)")
     teacher_gpu_layers: int = arg(-1, "llama.cpp layers on the GPU (-1 = all, when CUDA is present)")
+    teacher_knowledge: float = arg(0.0, "share P in [0, 1] of the lookup world's facts and arith's intermediate "
+                                        "results that the reference teacher states without searching or computing "
+                                        "(privileged knowledge; 0 = the gold, student-feasible path)")
+    split_jsonl: bool = arg(False, "split a .jsonl task file into train and test tasks (bench/tasks.py, "
+                                   "load_tasks split_jsonl) instead of using every row for both")
     # phases 0-1
     bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
                                           "(paper and gpu preset: 0.2; cpu preset: 0.5, see bench/RESULTS.md)")
@@ -73,8 +81,9 @@ class Config:
     sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT")
     rl_lr: float = arg(1e-5, "RL learning rate (constant)")
     group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)")
-    rl_epochs: int = arg(3, "RL passes over the start states (paper: 3)")
-    rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the budget)")
+    rl_epochs: int | None = arg(None, "RL passes over the start states (paper and presets: 3; cpu-full 2)")
+    rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the "
+                                       "budget; cpu-full: none, so each start state is seen rl_epochs times)")
     advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)")
     kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)")
     rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)")
@@ -116,15 +125,21 @@ PRESETS = {
     "cpu": dict(n=20, max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
                 eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, bc_lr=3e-4, bc_epochs=3,
                 sft_lr=SFT_LR_CPU, sft_epochs=3,
-                bc_fraction=0.5, rl_updates=5),
+                bc_fraction=0.5, rl_epochs=3, rl_updates=5),
     "gpu": dict(n=100, max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
                 eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, bc_lr=1e-4, bc_epochs=3,
                 sft_lr=1e-4, sft_epochs=3,
-                bc_fraction=0.2),
+                bc_fraction=0.2, rl_epochs=3),
 }
-# The larger CPU run whose result bench/RESULTS.md reports (at most 2 hours on the 2-core machine);
-# the quick default is for watching the mechanism work.
-PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, rl_updates=20)
+# The larger CPU run (at most 2 hours on the 2-core machine); the quick default is for watching the
+# mechanism work. Sized for RL: at least 60 distinct key-step start states, each seen at most twice.
+# At n = 80 training tasks per set and BC share 0.5, RL had 14 key-step starts (bench/RESULTS.md): 81 MPS
+# episodes, ~40 in the RL half, 0.35 key steps per RL-half episode. Here the BC warm start keeps its
+# size (0.16 x 500 = 80 teacher trajectories, as before, so the student entering MPS is the measured
+# one) and the other 420 training tasks go to MPS: ~210 in the RL half -> ~73 key-step starts
+# expected (+ ~20 question-only), 2 epochs without an update cap. The 80 test tasks per set stay.
+# Estimated ~100 min here from the measured per-phase costs (budget() and bench/RESULTS.md).
+PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, n_train=250, bc_fraction=0.16, rl_epochs=2, rl_updates=None)
 SMALL_STUDENTS = {"smol-135m"}
 
 
@@ -144,7 +159,33 @@ def resolve(config: Config) -> Config:
         from runs import ConfigError
         raise ConfigError(f"unknown --preset {config.preset!r}: use auto, {', '.join(PRESETS)}")
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
+    if config.n is not None and config.n_train is None:  # an explicit --n sets the training tasks too
+        filled.pop("n_train", None)
     return dataclasses.replace(config, preset=preset, **filled)
+
+
+def check_config(config: Config) -> None:
+    """Options that cannot run as asked end here, before anything is written, with one line."""
+    from runs import ConfigError
+    if not 0.0 <= config.teacher_knowledge <= 1.0:  # (NaN fails this too)
+        raise ConfigError(f"--teacher-knowledge {config.teacher_knowledge:g} is outside [0, 1]: it is the share "
+                          "of facts and intermediate results the reference teacher knows")
+    if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
+        raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
+                          "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
+    if config.n_train is not None and config.n_train < 1:
+        raise ConfigError(f"--n-train {config.n_train}: give at least 1 training task per task set")
+    import inspect
+    if config.teacher_knowledge:
+        from teacher import ReferenceTeacher
+        if "knowledge" not in inspect.signature(ReferenceTeacher.__init__).parameters:
+            raise ConfigError("--teacher-knowledge needs a ReferenceTeacher that takes knowledge= "
+                              "(teacher.py in this checkout does not yet)")
+    if config.split_jsonl:
+        from bench.tasks import load_tasks
+        if "split_jsonl" not in inspect.signature(load_tasks).parameters:
+            raise ConfigError("--split-jsonl needs a load_tasks that takes split_jsonl= "
+                              "(bench/tasks.py in this checkout does not yet)")
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -152,6 +193,9 @@ def parse_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(prog="score.py", description=__doc__.split("\n")[0])
     parser.add_argument("phase", nargs="?", choices=PHASES, help="run only this phase")
     for f in dataclasses.fields(Config):
+        if isinstance(f.default, bool):  # a switch: --split-jsonl
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=f.metadata["help"])
+            continue
         kind = {int: int, float: float, str: str}.get(type(f.default), None)
         if kind is None:  # Optional fields: the type named in the annotation
             kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
@@ -161,7 +205,9 @@ def parse_args(argv: list[str]) -> Config:
     config = Config(**args)
     if phase:
         config = dataclasses.replace(config, phases=phase)
-    return resolve(config)
+    config = resolve(config)
+    check_config(config)
+    return config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,9 +256,12 @@ def rollout_config(config: Config, temperature: float, top_p: float = 1.0):
 
 
 def load_tasks_for(config: Config, split: str) -> list:
+    """The tasks of every set in --tasks for one split: --n test tasks, --n-train (else --n) training
+    tasks per set. The same (sets, split, n, seed) always gives the same tasks (bench/tasks.py)."""
     from bench.tasks import load_tasks
-    n = config.n
-    return [t for name in config.tasks.split(",") for t in load_tasks(name.strip(), split, n, config.seed)]
+    n = (config.n_train or config.n) if split == "train" else config.n
+    extra = {"split_jsonl": True} if config.split_jsonl else {}  # only when asked (an older load_tasks lacks it)
+    return [t for name in config.tasks.split(",") for t in load_tasks(name.strip(), split, n, config.seed, **extra)]
 
 
 def rollout_dtype(config: Config) -> str:
@@ -241,19 +290,28 @@ def teacher_calls() -> int:
 
 def add_phase_cost(run_dir: Path, phase: str, wall_s: float, calls: int, console) -> None:
     """Add this invocation's wall time and teacher calls to the phase's entry (summed over resumes),
-    and its peak GPU memory when there is a GPU; print them in one line."""
+    and its peak GPU memory when there is a GPU; print them in one line. An invocation interrupted
+    before the phase finished keeps its cost in pending_costs.json, added when the phase finishes."""
     import torch
-    from runs import mark_phase_done
+    from runs import mark_phase_done, write_json_atomic
+    pending_path = run_dir / "pending_costs.json"
+    pending = json.loads(pending_path.read_text()) if pending_path.exists() else {}
+    earlier = pending.pop(phase, {"wall_s": 0.0, "teacher_calls": 0})
+    earlier = {"wall_s": earlier["wall_s"] + wall_s, "teacher_calls": earlier["teacher_calls"] + calls}
     entry = finished_phases(run_dir).get(phase)
-    if entry is None:  # the phase did not finish (it stopped early with nothing to do): nothing to add
+    if entry is None:  # not finished (interrupted, or stopped early with nothing to do): keep the cost
+        write_json_atomic(pending_path, dict(pending, **{phase: earlier}))
         return
-    cost = dict(wall_s=entry.get("wall_s", 0.0) + wall_s, teacher_calls=entry.get("teacher_calls", 0) + calls)
+    cost = dict(wall_s=entry.get("wall_s", 0.0) + earlier["wall_s"],
+                teacher_calls=entry.get("teacher_calls", 0) + earlier["teacher_calls"])
     line = f"{phase}: done in {wall_s:.0f} s, {calls} teacher calls"
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cost["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
         torch.cuda.reset_peak_memory_stats()
         line += f", peak GPU memory {cost['peak_gpu_gb']:.1f} GiB (torch; llama.cpp's own memory not included)"
     mark_phase_done(run_dir, phase, dict(entry, **cost))
+    if pending_path.exists():
+        write_json_atomic(pending_path, pending)
     console.print(line)
 
 
@@ -263,6 +321,13 @@ def open_teacher(config: Config, run_dir: Path, tasks: list, console):
         console.print("teacher: reference (a scripted expert built from the tasks' reference solutions; the "
                       "offline GGUF is too small to teach, see README)")
     cache = Path(config.teacher_cache) if config.teacher_cache else run_dir / "teacher_cache.jsonl"
+    if config.teacher == "reference" and not config.teacher_url and config.teacher_knowledge:
+        from teacher import ReferenceTeacher  # the same knowing teacher writes BC trajectories and MPS steps
+        console.print(f"teacher: knows a share {config.teacher_knowledge:g} of the facts and intermediate results "
+                      "(--teacher-knowledge): it states them instead of searching or computing")
+        teacher = ReferenceTeacher(tasks, seed=config.seed, knowledge=config.teacher_knowledge)
+        OPENED_TEACHERS.append(teacher)
+        return teacher
     teacher = make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
                            gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
                            seed=config.seed)
@@ -530,59 +595,82 @@ def print_summary(summary: dict, console) -> None:
 
 # --init-from copies a finished phase only if no option it depends on changed. Each result-affecting
 # field names the first phase it affects; fields not listed here affect everything (student, tasks...).
+# teacher_knowledge changes what the teacher writes from BC on; the teacher's own evaluation row (an
+# oracle, 1.0 with any knowledge) is kept. n_train changes the training tasks only, not the test tasks.
 FIRST_PHASE_OF = {"bc_fraction": "bc", "bc_lr": "bc", "bc_epochs": "bc", "method": "bc",
+                  "teacher_knowledge": "bc", "n_train": "bc",
                   "sft_lr": "sft", "sft_epochs": "sft",
                   "max_corrections": "mps", "mps_temperature": "mps", "keep_correct_rate": "mps",
                   "teacher_sees": "mps", "rl_lr": "rl", "group_size": "rl", "rl_epochs": "rl", "rl_updates": "rl",
                   "advantage": "rl", "kl_coef": "rl", "rl_start": "rl", "reward": "rl", "key_step_judge": "rl"}
 
 
-def init_from(config: Config, run_dir: Path, console) -> None:
-    """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
-    from runs import ConfigError, branch_run
-    source = Path(config.init_from) if Path(config.init_from).is_dir() else Path(config.runs_dir) / config.init_from
-    if not (source / "config.json").exists():
-        raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
-    if finished_phases(run_dir):
-        return  # already branched: this is a resume
+def init_source(config: Config) -> Path:
+    """The run directory --init-from names (a directory, or a run name under --runs-dir)."""
+    return Path(config.init_from) if Path(config.init_from).is_dir() else Path(config.runs_dir) / config.init_from
+
+
+def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]:
+    """(phases a run with this config may copy from the run in `source`, the result-affecting fields
+    that differ): every phase before the first one that a changed field affects."""
     saved = json.loads((source / "config.json").read_text())
     mine = dataclasses.asdict(config)
     changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and k in saved and saved[k] != mine[k]]
     first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
-    copied = branch_run(source, run_dir, list(PHASES[:first]))
+    return list(PHASES[:first]), changed
+
+
+def init_from(config: Config, run_dir: Path, console) -> None:
+    """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
+    from runs import ConfigError, branch_run
+    source = init_source(config)
+    if not (source / "config.json").exists():
+        raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
+    phases, changed = reusable_phases(config, source)
+    copied = branch_run(source, run_dir, phases)
     console.print(f"init-from {source.name}: copied finished phases {', '.join(copied) or 'none'}"
                   + (f" (changed: {', '.join(changed)})" if changed else ""))
 
 
 # Seconds on the reference machine (2-core x86 CPU, SmolLM2-135M; bench/RESULTS.md), for the budget
 # table. They are estimates: a student that finishes early (after BC) is faster than one that does not.
-CPU_SECONDS = {"eval_task": 2.0, "mps_task": 2.5, "train_token": 1 / 150, "rl_episode": 4.0}
+# Measured on the cpu-full run (commit 807febd): evaluations 1.9-2.3 s a task; MPS 175 s for 81 episodes;
+# RL 888 s for 320 continuations (2.8 s; the default run's 3.3 s); training ~150 tok/s.
+CPU_SECONDS = {"eval_task": 2.0, "mps_task": 2.2, "train_token": 1 / 150, "rl_episode": 3.0}
 TOKENS_PER_TRAJECTORY = 350  # the default task sets' trajectories, system prompt included
+# What MPS yields per task of each half, on the same run (student after 79 BC trajectories): 27 SFT
+# trajectories from ~40 SFT-half episodes; 18 RL start states (14 key steps + 4 question-only) from ~40
+# RL-half episodes. A weaker student makes more errors, so more corrections and key steps.
+SFT_RECORDS_PER_TASK, RL_STARTS_PER_TASK, KEY_STEPS_PER_TASK = 0.67, 0.44, 0.35
 
 
 def budget(config: Config) -> list[tuple[str, str, float | None]]:
     """(phase, what it does, expected minutes or None) for each phase this command runs."""
     from rl import RL_PRESETS
     sets = len(config.tasks.split(","))
-    train = config.n * sets
+    train, test = (config.n_train or config.n) * sets, config.n * sets
     bc = train if config.method == "imitation" else round(train * config.bc_fraction)
     mps = train - bc
+    half = mps / 2  # MPS tasks split 50/50 into the SFT and the RL half
+    sft = round(half * SFT_RECORDS_PER_TASK)
     rl_preset = RL_PRESETS[hardware(config)]
     group = config.group_size or rl_preset.group_size
-    starts = max(1, mps // 4)  # about half the MPS tasks are in the RL half, about half of those corrected
+    starts = max(1, round(half * RL_STARTS_PER_TASK))
     updates = config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
     evals = 1 + sum(p in config.phases for p in ("bc", "sft", "rl"))
     cpu = hardware(config) == "cpu" and config.student in SMALL_STUDENTS
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
+    train_s = config.bc_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"]  # one trajectory, all epochs
     rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluations + the teacher's",
-                     minutes(evals * config.n * sets * CPU_SECONDS["eval_task"])),
+                     minutes(evals * test * CPU_SECONDS["eval_task"])),
             "bc": (f"teacher solves {bc} tasks; {config.bc_epochs} epochs at lr {config.bc_lr:g}",
-                   minutes(bc * config.bc_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
+                   minutes(bc * train_s)),
             "mps": (f"{mps} tasks, at most {config.max_corrections} corrections each",
                     minutes(mps * CPU_SECONDS["mps_task"])),
-            "sft": (f"~{mps // 2} tasks in the SFT half; {config.sft_epochs} epochs at lr {config.sft_lr:g}",
-                    minutes(mps // 2 * config.sft_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"])),
-            "rl": (f"{updates} updates x {rl_preset.prompts_per_update} start states x {group} continuations",
+            "sft": (f"~{sft} trajectories from ~{half:.0f} SFT-half tasks; {config.sft_epochs} epochs at lr "
+                    f"{config.sft_lr:g}", minutes(sft * train_s * config.sft_epochs / config.bc_epochs)),
+            "rl": (f"~{starts} start states (~{round(half * KEY_STEPS_PER_TASK)} key steps): {updates} updates x "
+                   f"{rl_preset.prompts_per_update} start states x {group} continuations",
                    minutes(updates * rl_preset.prompts_per_update * group * CPU_SECONDS["rl_episode"]))}
     wanted = config.phases.split(",")
     if config.method == "imitation":
@@ -683,59 +771,15 @@ def run_name(config: Config) -> str:
     return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
+def guarded(work, console) -> int:
+    """Run work() -> exit code; a mistake a user can cause ends with one line and exit code 2."""
+    import torch
     from bench.tasks import TaskError
-    from runs import ConfigError, mark_phase_done, open_run
+    from runs import ConfigError
     from student import StudentError
     from teacher import TeacherError
-    console = Console()
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID]
-        from report import show
-        if len(argv) not in (2, 3):
-            console.print("usage: python score.py show RUN [TASK_ID]")
-            return 2
-        run = Path(argv[1]) if Path(argv[1]).is_dir() else Path("runs") / argv[1]
-        return show(run, argv[2] if len(argv) == 3 else None, console)
-    import torch
     try:
-        config = parse_args(argv)
-        run_dir = Path(config.runs_dir) / run_name(config)
-        for phase in config.phases.split(","):
-            if phase not in PHASES:
-                raise ConfigError(f"unknown phase {phase!r}: choose from {', '.join(PHASES)}")
-        check_gpu_plan(config)
-        fresh = not (run_dir / "config.json").exists()
-        open_run(run_dir, config, OPERATIONAL)
-        console.print(f"run: {run_dir}")
-        if config.init_from and fresh:
-            init_from(config, run_dir, console)
-        print_budget(config, console, finished_phases(run_dir))
-        for phase in config.phases.split(","):
-            check_memory(config, phase)
-            began, calls_before = time.perf_counter(), teacher_calls()
-            if phase == "eval":
-                phase_eval(config, run_dir, console)
-                if "," in config.phases:  # the whole loop also evaluates the teacher, in the same harness
-                    phase_eval(config, run_dir, console, label="teacher")
-                mark_phase_done(run_dir, "eval", {})
-            elif phase == "bc":
-                phase_bc(config, run_dir, console)
-            elif config.method == "imitation":  # the baseline is BC on all training tasks, then eval
-                console.print(f"{phase}: skipped: --method imitation trains only by imitation (phase bc)")
-                continue
-            elif phase == "mps":
-                phase_mps(config, run_dir, console)
-            elif phase == "sft":
-                phase_sft(config, run_dir, console)
-            elif phase == "rl":
-                phase_rl(config, run_dir, console)
-            add_phase_cost(run_dir, phase, time.perf_counter() - began, teacher_calls() - calls_before, console)
-            release_memory()
-        if "," in config.phases and main_process():  # the whole loop ends with the report
-            from report import final_report
-            final_report(run_dir, console)
+        return work()
     except (ConfigError, StudentError, TaskError, TeacherError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
@@ -748,6 +792,64 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: finished records are saved; run the same command again to resume")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    console = Console()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID]
+        from report import show
+        if len(argv) not in (2, 3):
+            console.print("usage: python score.py show RUN [TASK_ID]")
+            return 2
+        run = Path(argv[1]) if Path(argv[1]).is_dir() else Path("runs") / argv[1]
+        return show(run, argv[2] if len(argv) == 3 else None, console)
+    if argv and argv[0] == "compare":  # every arm over seeds, one table (compare.py)
+        from compare import main as compare_main
+        return compare_main(argv[1:])
+    return guarded(lambda: run_loop(parse_args(argv), console), console)
+
+
+def run_loop(config: Config, console) -> int:
+    """The phases of config.phases in order, in the run directory the config names."""
+    from runs import ConfigError, mark_phase_done, open_run
+    run_dir = Path(config.runs_dir) / run_name(config)
+    for phase in config.phases.split(","):
+        if phase not in PHASES:
+            raise ConfigError(f"unknown phase {phase!r}: choose from {', '.join(PHASES)}")
+    check_gpu_plan(config)
+    open_run(run_dir, config, OPERATIONAL)
+    console.print(f"run: {run_dir}")
+    if config.init_from and not finished_phases(run_dir):  # a new branch, or one killed while copying
+        init_from(config, run_dir, console)
+    print_budget(config, console, finished_phases(run_dir))
+    for phase in config.phases.split(","):
+        if config.method == "imitation" and phase not in ("eval", "bc"):  # the baseline: BC on all training tasks
+            console.print(f"{phase}: skipped: --method imitation trains only by imitation (phase bc)")
+            continue
+        check_memory(config, phase)
+        began, calls_before = time.perf_counter(), teacher_calls()
+        try:
+            if phase == "eval":
+                phase_eval(config, run_dir, console)
+                if "," in config.phases:  # the whole loop also evaluates the teacher, in the same harness
+                    phase_eval(config, run_dir, console, label="teacher")
+                mark_phase_done(run_dir, "eval", {})
+            elif phase == "bc":
+                phase_bc(config, run_dir, console)
+            elif phase == "mps":
+                phase_mps(config, run_dir, console)
+            elif phase == "sft":
+                phase_sft(config, run_dir, console)
+            elif phase == "rl":
+                phase_rl(config, run_dir, console)
+        finally:  # also when interrupted: the time and teacher calls spent so far count
+            add_phase_cost(run_dir, phase, time.perf_counter() - began, teacher_calls() - calls_before, console)
+        release_memory()
+    if "," in config.phases and main_process():  # the whole loop ends with the report
+        from report import final_report
+        final_report(run_dir, console)
     return 0
 
 

@@ -178,10 +178,39 @@ def test_help_lists_every_option(capsys):
 
 def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
     quick, full = score.parse_args([]), score.parse_args(["--preset", "cpu-full"])
-    assert (quick.preset, quick.n) == ("cpu", 20) and (full.n, full.rl_updates) == (80, 20)
+    assert (quick.preset, quick.n, quick.n_train, quick.rl_epochs, quick.rl_updates) == ("cpu", 20, None, 3, 5)
+    assert (full.n, full.n_train, full.bc_fraction, full.rl_epochs, full.rl_updates) == (80, 250, 0.16, 2, None)
     assert score.hardware(full) == "cpu" and full.max_steps == quick.max_steps
     assert score.sft_config(full) == score.sft_config(quick)  # the same training presets, more data
-    assert score.parse_args(["--preset", "cpu-full", "--n", "5"]).n == 5  # an explicit option wins
+    small = score.parse_args(["--preset", "cpu-full", "--n", "5"])  # an explicit --n wins, for training too
+    assert small.n == 5 and small.n_train is None
+    assert {t.id for t in score.load_tasks_for(small, "train")} != set()
+    assert len(score.load_tasks_for(small, "train")) == len(score.load_tasks_for(small, "test")) == 10
+
+
+def test_cpu_full_gives_rl_enough_key_steps_in_two_hours():
+    """cpu-full is sized so that RL sees at least 60 distinct key-step start states, each at most
+    twice, within 2 hours here; the default stays within 20 minutes. The key steps are estimated from
+    the measured yield (score.KEY_STEPS_PER_TASK: 0.35 per RL-half MPS episode) on the RL half the
+    hash split really makes of the training tasks, for each of three seeds."""
+    import collections
+    import dataclasses
+    from mps import assign_split
+    from rl import RL_PRESETS, plan_updates
+    for seed in (0, 1, 2):
+        full = score.parse_args(["--preset", "cpu-full", "--seed", str(seed)])
+        train, test = score.load_tasks_for(full, "train"), score.load_tasks_for(full, "test")
+        assert (len(train), len(test)) == (500, 160) and not {t.id for t in train} & {t.id for t in test}
+        splits = collections.Counter(assign_split(t.id, seed, full.bc_fraction) for t in train)
+        assert 60 <= splits["bc"] <= 100  # the BC warm start keeps the size it had at n = 80 (79 trajectories)
+        assert splits["rl"] * score.KEY_STEPS_PER_TASK >= 70  # ~73 expected: 60 with a margin
+    starts = round(splits["rl"] * score.RL_STARTS_PER_TASK)  # key steps and question-only starts
+    plan = plan_updates(starts, dataclasses.replace(RL_PRESETS["cpu"], epochs=full.rl_epochs,
+                                                    num_updates=full.rl_updates))
+    seen = collections.Counter(i for update in plan for i in update)
+    assert len(seen) == starts and set(seen.values()) == {2}  # every start state, twice
+    minutes = lambda config: sum(m for _, _, m in score.budget(config))
+    assert minutes(full) <= 120 and minutes(score.parse_args([])) <= 20
 
 
 def test_whole_loop_through_llama_cpp(tiny_dir, tmp_path, capsys):
