@@ -230,3 +230,94 @@ def test_whole_loop_through_llama_cpp(tiny_dir, tmp_path, capsys):
     assert (run / "report.md").exists() and "teacher" in (run / "report.md").read_text()
     out = capsys.readouterr().out
     assert "smol-135m-q4" in out
+
+
+class RecordingTeacher:
+    """Stands in for teacher.ReferenceTeacher with the knowledge keyword (its arguments are recorded;
+    knowledge None = not passed)."""
+    made: list = []
+
+    def __init__(self, tasks=(), seed=0, knowledge=None):
+        RecordingTeacher.made.append({"seed": seed, "knowledge": knowledge})
+
+
+def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_path, monkeypatch):
+    """--teacher-knowledge P goes to ReferenceTeacher(tasks, seed=..., knowledge=P), the one teacher
+    that writes BC trajectories and MPS steps; P = 0 keeps today's call. P is in the config hash,
+    and an --init-from branch that changes only P reuses the evaluation before training, nothing more."""
+    import io
+    import teacher
+    from rich.console import Console
+    from runs import open_run
+    monkeypatch.setattr(teacher, "ReferenceTeacher", RecordingTeacher)
+    RecordingTeacher.made.clear()
+    console = Console(file=io.StringIO())
+    knowing = score.parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
+    score.open_teacher(knowing, tmp_path, [], console)
+    assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3}
+    plain = score.parse_args([])
+    score.open_teacher(plain, tmp_path, [], console)  # through make_teacher, as before
+    assert RecordingTeacher.made[-1]["knowledge"] in (None, 0.0)  # not passed, or passed as 0
+    assert score.run_name(score.parse_args(["--teacher-knowledge", "0.3"])) != score.run_name(plain)
+    open_run(tmp_path / "source", plain, score.OPERATIONAL)
+    assert score.reusable_phases(score.parse_args(["--teacher-knowledge", "0.5"]), tmp_path / "source") == \
+        (["eval"], ["teacher_knowledge"])
+    assert score.reusable_phases(score.parse_args(["--n-train", "7"]), tmp_path / "source")[0] == ["eval"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--teacher-knowledge", "0.5", "--teacher", "smol-135m-q4"], "--teacher-knowledge is the reference teacher's"),
+    (["--teacher-knowledge", "nan"], "is outside [0, 1]"),
+    (["--n-train", "0"], "--n-train 0: give at least 1"),
+])
+def test_knowledge_and_training_size_errors_are_one_line(argv, needle, tmp_path, capsys):
+    assert score.main(["eval", *argv, "--runs-dir", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert needle in " ".join(out.split()) and out.count("error:") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_knowledge_needs_a_teacher_that_takes_it(tmp_path, capsys, monkeypatch):
+    """Until teacher.py's ReferenceTeacher takes knowledge=, P != 0 is refused up front, not at BC."""
+    import teacher
+
+    class Unknowing:
+        def __init__(self, tasks=(), seed=0):
+            pass
+
+    monkeypatch.setattr(teacher, "ReferenceTeacher", Unknowing)
+    assert score.main(["--teacher-knowledge", "0.5", "--runs-dir", str(tmp_path)]) == 2
+    assert "takes knowledge=" in " ".join(capsys.readouterr().out.split()) and list(tmp_path.iterdir()) == []
+
+
+def test_split_jsonl_is_passed_only_when_set(monkeypatch):
+    from bench import tasks
+    calls = []
+    monkeypatch.setattr(tasks, "load_tasks", lambda name, split, n=None, seed=0, split_jsonl=False:
+                        calls.append((name, split, n, split_jsonl)) or [])
+    score.load_tasks_for(score.parse_args(["--tasks", "a.jsonl", "--split-jsonl", "--n", "4", "--n-train", "9"]), "train")
+    score.load_tasks_for(score.parse_args(["--tasks", "a.jsonl", "--n", "4"]), "test")
+    assert calls == [("a.jsonl", "train", 9, True), ("a.jsonl", "test", 4, False)]
+    assert score.parse_args(["--split-jsonl"]).split_jsonl and not score.parse_args([]).split_jsonl
+
+
+def test_branch_links_checkpoints_and_marks_phases_last(tmp_path):
+    """--init-from: checkpoint files are hard links (one copy of the weights on disk), records are
+    copies (a resumed run appends to them), and phases.json is written once everything is copied."""
+    import os
+    from runs import branch_run, write_json_atomic
+    source, target = tmp_path / "source", tmp_path / "target"
+    (source / "checkpoints" / "bc" / "checkpoint").mkdir(parents=True)
+    (source / "checkpoints" / "bc" / "model.safetensors").write_bytes(b"weights")
+    (source / "checkpoints" / "bc" / "checkpoint" / "state.json").write_text("{}")
+    (source / "bc.jsonl").write_text('{"task_id": "a"}\n')
+    (source / "metrics.jsonl").write_text('{"label": "bc", "sft/update": 1}\n{"label": "sft", "sft/update": 1}\n')
+    write_json_atomic(source / "phases.json", {"bc": {"trained": True, "wall_s": 5.0}, "sft": {"trained": True}})
+    assert branch_run(source, target, ["eval", "bc"]) == ["bc"]
+    linked = target / "checkpoints" / "bc" / "model.safetensors"
+    assert os.stat(linked).st_ino == os.stat(source / "checkpoints" / "bc" / "model.safetensors").st_ino
+    assert os.stat(target / "bc.jsonl").st_ino != os.stat(source / "bc.jsonl").st_ino
+    assert json.loads((target / "phases.json").read_text()) == {"bc": {"trained": True, "wall_s": 5.0,
+                                                                       "copied_from": "source"}}
+    assert read_jsonl(target / "metrics.jsonl") == [{"label": "bc", "sft/update": 1}]
+    assert branch_run(source, target, ["eval", "bc"]) == ["bc"]  # branching again (after a kill) duplicates nothing
+    assert read_jsonl(target / "metrics.jsonl") == [{"label": "bc", "sft/update": 1}]
