@@ -3,9 +3,10 @@
 The report, `final_report(run_dir)`, reads only files in the run directory, so it can be redrawn at any
 time, even for a run that stopped half way:
 
-    eval/<label>.json  ->  one row per evaluation: teacher, student before, after BC / SFT / RL;
-                           one column per task set (score, 95% interval, n), the finished share,
-                           and the evaluation's wall time
+    eval/<label>.json  ->  one row per evaluation: teacher, student before, after BC / SFT / RL,
+                           then any held-out evaluation (eval/heldout-<label>.json); one column per
+                           task set (score, 95% interval, n), the finished share, and the
+                           evaluation's wall time
     eval/<label>.jsonl ->  changes task by task between consecutive student evaluations: tasks
                            gained and lost, with a sign test
     phases.json        ->  one row per finished training phase with its counts
@@ -128,14 +129,17 @@ def finished_share(summary: dict) -> str:
 
 
 def read_evaluations(run_dir: Path) -> list[tuple[str, dict]]:
-    """(row name, summary) for each eval/<label>.json that exists, in the order the loop runs them.
-    The reference teacher knows every task's reference solution, so its row says "oracle"."""
+    """(row name, summary) for each eval/<label>.json that exists, in the order the loop runs them,
+    then the held-out evaluations (eval/heldout-<label>.json, written by `score.py compare`: the
+    same student on a task family it never trained on). The reference teacher knows every task's
+    reference solution, so its row says "oracle"."""
     found = []
-    for label, name in EVAL_ROWS:
-        path = run_dir / "eval" / f"{label}.json"
-        if path.exists():
-            summary = json.loads(path.read_text())
-            found.append((name + (" (oracle)" if summary.get("oracle") else ""), summary))
+    for prefix, suffix in (("", ""), ("heldout-", ", held-out")):
+        for label, name in EVAL_ROWS:
+            path = run_dir / "eval" / f"{prefix}{label}.json"
+            if path.exists():
+                summary = json.loads(path.read_text())
+                found.append((name + suffix + (" (oracle)" if summary.get("oracle") else ""), summary))
     return found
 
 

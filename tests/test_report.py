@@ -179,3 +179,18 @@ def test_changes_task_by_task_between_consecutive_student_evaluations(tmp_path):
     assert rows == [["student before -> after BC", "+5 -0 (p=0.062)", "+1 -0 (p=1)"],
                     ["after BC -> after RL", "+1 -1 (p=1)", "+0 -1 (p=1)"]]
     assert "## Changes task by task" in final_report(tmp_path, quiet_console())
+
+
+def test_held_out_evaluations_follow_the_others_in_their_own_columns(tmp_path):
+    """`score.py compare` evaluates a run's final student on held-out task sets too
+    (eval/heldout-<label>.json); the report shows them after the ordinary rows, in their own columns,
+    and leaves them out of the changes task by task (other tasks, nothing to pair)."""
+    write_eval(tmp_path, "bc", {"arith": (20, 0.35, 0.18, 0.57, 0.9)})
+    write_eval(tmp_path, "rl", {"arith": (20, 0.5, 0.3, 0.7, 1.0)})
+    write_eval(tmp_path, "heldout-rl", {"arith-heldout": (10, 0.2, 0.06, 0.51, 0.8)}, wall_s=30)
+    text = final_report(tmp_path, quiet_console())
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| evaluation | arith | arith-heldout | finished | eval wall time |"
+    assert rows[1:] == ["| after BC | 0.35 [0.18, 0.57] n=20 | - | 90% | 10 s |",
+                        "| after RL | 0.50 [0.30, 0.70] n=20 | - | 100% | 10 s |",
+                        "| after RL, held-out | - | 0.20 [0.06, 0.51] n=10 | 80% | 30 s |"]
