@@ -428,7 +428,7 @@ def draw_arms(lines: list[dict], path: Path) -> Path:
     from matplotlib.figure import Figure
     tables = pooled_tables(lines)
     arms, sets = [row[0] for row in tables["scores"][1]], tables["sets"]
-    figure = Figure(figsize=(max(5.0, 1.6 * len(sets) + 2), 3.8), layout="constrained")
+    figure = Figure(figsize=(max(6.0, 1.6 * len(sets) + 2), 4.2), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     width = 0.8 / max(1, len(arms))
@@ -442,10 +442,11 @@ def draw_arms(lines: list[dict], path: Path) -> Path:
             errors[1].append(high - mean if values else 0)
         ax.bar([x + (i - (len(arms) - 1) / 2) * width for x in range(len(sets))], means, width, yerr=errors,
                capsize=3, label=arm)
+    seeds = sorted({line["seed"] for line in lines})
     ax.set_xticks(range(len(sets)), sets)
-    ax.set(ylim=(0, 1.05), ylabel="score (pooled over seeds, 95% interval)",
-           title="arms side by side (held-out sets: -heldout)")
-    ax.legend(fontsize="small", ncols=min(5, len(arms)))
+    ax.set(ylim=(0, 1.05), ylabel="score, 95% interval",
+           title=f"{lines[0]['comparison']}: seeds {', '.join(map(str, seeds))} pooled")
+    ax.legend(fontsize="small", ncols=min(5, len(arms)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
     write_atomic(path, png.getvalue())
