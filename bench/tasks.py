@@ -1093,7 +1093,8 @@ _PLAIN_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
 
 def _load_jsonl(path: Path, split: str, split_jsonl: bool = False) -> list[Task]:
     """Tasks from a JSONL file: one object per line with "id", "question", "answer", and optional
-    "grader" (default: "numeric" for a plain number, else "f1"), "corpus" (a list of passages for
+    "grader" (default: "numeric" for a plain number, "choice" for a lone option letter A-J, else
+    "f1", under which a gold "A" would normalise to nothing), "corpus" (a list of passages for
     this question), "solution_text" and "split" ("train" or "test").
 
     Rows without a "split" field would otherwise be both train and test tasks, silently. So:
@@ -1122,7 +1123,8 @@ def _load_jsonl(path: Path, split: str, split_jsonl: bool = False) -> list[Task]
                             f"needs id, question and answer")
         # JSON numbers are fine as answers ({"answer": 42}): everything becomes a string.
         answer = str(row["answer"]).strip()
-        grader = row.get("grader") or ("numeric" if _PLAIN_NUMBER.fullmatch(answer) else "f1")
+        grader = row.get("grader") or ("numeric" if _PLAIN_NUMBER.fullmatch(answer) else
+                                       "choice" if re.fullmatch(r"\(?[A-J]\)?", answer) else "f1")
         if grader not in GRADERS:
             raise TaskError(f"{where}: unknown grader {grader!r}; use one of {', '.join(GRADERS)}")
         if "split" in row and row["split"] not in SPLITS:

@@ -572,9 +572,11 @@ def test_local_jsonl(tmp_path):
         '{"id": "q2", "question": "Capital of France?", "answer": "Paris", "corpus": ["France: Paris."], '
         '"split": "train"}\n'
         '{"id": "q3", "question": "Half of 1?", "answer": "\\\\frac{1}{2}", "grader": "math", "split": "train"}\n'
-        '{"id": "q4", "question": "Held out?", "answer": "yes", "split": "test"}\n')
+        '{"id": "q4", "question": "Held out?", "answer": "yes", "split": "test"}\n'
+        '{"id": "q5", "question": "Which? (A) x (B) y", "answer": "B", "split": "train"}\n')
     train = {t.id: t for t in load_tasks(str(path), "train")}
-    assert set(train) == {"q1", "q2", "q3"}
+    assert set(train) == {"q1", "q2", "q3", "q5"}
+    assert train["q5"].grader == "choice"  # a lone option letter (under f1, "A" normalises to nothing)
     assert (train["q1"].answer, train["q1"].grader, train["q1"].task_set) == ("42", "numeric", "mine")
     assert train["q2"].grader == "f1" and train["q2"].corpus == ("France: Paris.",)
     assert train["q2"].corpus_id == "q2" and train["q1"].corpus is None
@@ -584,8 +586,8 @@ def test_local_jsonl(tmp_path):
 
 
 def test_jsonl_without_split_fields(tmp_path, capsys):
-    """Breaks: the issue-12 leak: a JSONL file whose rows have no split field used to serve every row
-    as a training AND a test task, silently. Now: training on it is refused with one line naming the
+    """Breaks: a leak: a JSONL file whose rows have no split field used to serve every row as a
+    training AND a test task, silently. Now: training on it is refused with one line naming the
     fix; evaluating on it (split test) serves every row; --split-jsonl splits the rows without a
     field by a hash of their id (a row with a field keeps it) and says so in one line."""
     path = tmp_path / "mine.jsonl"
