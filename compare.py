@@ -130,9 +130,11 @@ def parse_request(argv: list[str]) -> Request:
         print(__doc__.strip() + "\n\ncompare options: --seeds 0,1,2  --arms " + ",".join(ARMS)
               + "  --from PATHS\nloop options: as for `python score.py --help`")
         raise SystemExit(0)
-    if any(not a.startswith("-") for a in loop_args[:1]):
-        raise ConfigError(f"compare runs every phase itself: drop {loop_args[0]!r} "
-                          "(usage: python score.py compare [--seeds 0,1,2] [--arms ...] [loop options])")
+    if known.sources and loop_args:
+        raise ConfigError(f"--from rebuilds the table from results files alone: drop {' '.join(loop_args)}")
+    if loop_args and not loop_args[0].startswith("-"):
+        raise ConfigError(f"compare runs every phase itself: drop {loop_args[0]!r} (usage: python score.py "
+                          "compare --seeds 0,1,2 --arms ARMS, then any loop options)")
     config = score.parse_args(loop_args)
     defaults = score.Config()
     set_here = [f for f in ARM_FIELDS if getattr(config, f) != getattr(defaults, f)]

@@ -194,10 +194,16 @@ def test_compare_runs_every_arm_reuses_phases_resumes_and_rebuilds_from_results(
     (["--seed", "3"], "compare sets --seed itself"),
     (["--reward", "outcome"], "compare sets --reward itself"),
     (["--from", "/nowhere/results"], "--from /nowhere/results: no such file or directory"),
+    (["--from", "RUNS", "--n", "4"], "--from rebuilds the table from results files alone: drop --n 4"),
+    (["eval"], "compare runs every phase itself: drop 'eval'"),
 ])
 def test_bad_input_is_one_line(argv, needle, tmp_path, capsys):
     """Each ends with one clear line and exit code 2, before anything is written."""
-    assert score.main(["compare", *argv, "--runs-dir", str(tmp_path)]) == 2
+    if "--from" in argv:
+        argv = [str(tmp_path) if a == "RUNS" else a for a in argv]
+    else:
+        argv = [*argv, "--runs-dir", str(tmp_path)]
+    assert score.main(["compare", *argv]) == 2
     out = capsys.readouterr().out
     assert needle in " ".join(out.split()) and out.count("error:") == 1 and "Traceback" not in out
     assert list(tmp_path.iterdir()) == []
