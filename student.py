@@ -24,17 +24,34 @@ Torch's `mps` device (Apple GPUs) has nothing to do with the MPS phase (Mentored
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
+# PLUMBING: OpenMP threads that wait at the end of a parallel region sleep instead of spinning.
+# Torch's CPU kernels run on GNU OpenMP, whose default is to spin ~3 ms at every barrier. Alone on
+# the machine that is harmless; beside one other busy process on a 2-core machine, the thread that
+# shares its core is descheduled, its partner spins on the barrier, and a rollout or a training
+# step ran 5-10x slower (bench/RESULTS.md, "A busy machine"). Passive waiting cost nothing measurable
+# idle. libgomp reads the policy once, when torch loads its library, so it must be set before the
+# first `import torch` of the process: here, if this module is imported first (score.py does so),
+# and never over a value the user set (OMP_WAIT_POLICY, or GOMP_SPINCOUNT, which wins over it).
+_TORCH_LOADED_FIRST = "torch" in sys.modules
+if not _TORCH_LOADED_FIRST and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_WAITING_AT_LOAD = (None if _TORCH_LOADED_FIRST else
+                    f"spin {os.environ['GOMP_SPINCOUNT']} then sleep" if "GOMP_SPINCOUNT" in os.environ else
+                    os.environ.get("OMP_WAIT_POLICY", "default").lower())
+
+import torch  # noqa: E402  (after the OpenMP setting above)
 
 # PLUMBING: preset name -> Hugging Face hub id (or the offline GGUF marker).
 STUDENT_PRESETS: dict[str, str] = {
@@ -64,7 +81,20 @@ class Sample:
 
 
 # ----------------------------------------------------------------------------------------------
-# PLUMBING: devices, dtypes, model files
+# PLUMBING: threads, devices, dtypes, model files
+
+
+def configure_threads(threads: int | None) -> str:
+    """Set torch's CPU threads (None: torch's default, one per physical core) and return the line to
+    print at start, e.g. `threads: 2 (torch), waiting: passive`. The waiting policy was fixed when
+    torch loaded (see the top of this file); it is reported as it is, not as hoped."""
+    if threads is not None:
+        if threads < 1:
+            raise StudentError(f"--threads {threads}: use a positive number of CPU threads")
+        torch.set_num_threads(threads)
+    waiting = _WAITING_AT_LOAD or "OpenMP's default (torch was imported before student.py; set OMP_WAIT_POLICY=PASSIVE)"
+    return f"threads: {torch.get_num_threads()} (torch), waiting: {waiting}"
+
 
 
 def resolve_device(device: str) -> torch.device:
@@ -177,25 +207,45 @@ def resolve_model_path(name: str) -> str:
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability mass reaches top_p, renormalised. (V,)"""
+    """Keep the smallest set of tokens whose probability mass reaches top_p, renormalised. (b, V) or (V,)"""
     if top_p >= 1.0:
         return probs
-    sorted_probs, order = probs.sort(descending=True)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
     # A token is kept when the mass strictly before it is below top_p (so the first is always kept).
-    keep_sorted = (sorted_probs.cumsum(0) - sorted_probs) < top_p
-    keep = torch.zeros_like(probs, dtype=torch.bool)
-    keep[order[keep_sorted]] = True
+    keep_sorted = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
     filtered = torch.where(keep, probs, torch.zeros_like(probs))
-    return filtered / filtered.sum()
+    return filtered / filtered.sum(-1, keepdim=True)
 
 
-def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """Greedy when temperature == 0, else sample from softmax(logits / T) after top-p. logits: (V,) fp32 CPU."""
+def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                generators: Sequence[torch.Generator]) -> list[int]:
+    """One token per row: greedy when temperature == 0, else a draw from softmax(logits / T) after top-p.
+
+    logits (b, V) fp32 CPU; generators: one per row. All rows are handled by a few batched ops (one
+    softmax, one cumulative sum, one search), not a Python loop over rows. The draw is the inverse CDF:
+    u ~ U[0, 1) from the row's own generator, and the token is the first whose cumulative mass exceeds
+    u * total; so a row's token depends only on its logits and its seed, never on its neighbours.
+    (torch.multinomial draws a (V,)-vector of exponentials per row: 49k random numbers for one token.)"""
     if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    probs = top_p_filter(probs, top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        return logits.argmax(-1).tolist()
+    probs = top_p_filter(torch.softmax(logits / temperature, dim=-1), top_p)  # (b, V)
+    cdf = probs.double().cumsum(-1)  # (b, V), fp64 so that 49k small masses add up exactly enough
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])  # (b,)
+    # right=True: the first index whose cdf is strictly above u * total, so a zero-mass token (a flat
+    # step of the cdf) is never chosen, and u < 1 keeps the index inside the vocabulary.
+    tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)  # (b,)
+    return tokens.clamp(max=logits.shape[-1] - 1).tolist()
+
+
+def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head outside autocast, in the weights' own dtype, returned in fp32. hidden (..., H) -> (..., V).
+
+    Log-probs are read from these logits both when sampling and in training; under bf16 autocast a
+    bf16 logit of 20 is only good to +-0.06, so the head (a small share of the work) stays in the
+    weights' precision and the two sides read the same numbers."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.to(head.weight.dtype)).float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +272,16 @@ class Student:
         self.eos_ids = {int(i) for i in eos if i is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._kept: dict[str, _Kept] = {}  # episode key -> keys/values kept between turns (see sample)
+        # Compute dtype of every forward pass over fp32 weights (sampling and training alike), or None:
+        # the weights' own dtype. RL sets bf16 on CPUs with native bf16 (rl.prepare_model).
+        self.autocast_dtype: torch.dtype | None = None
+
+    def compute(self):
+        """The context every forward pass runs in: bf16 autocast over fp32 weights when autocast_dtype
+        is set (matmuls in bf16, weights kept and stepped in fp32), else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -242,9 +302,15 @@ class Student:
         grows every turn, so without this every turn would re-read the whole conversation.
         Call `forget(key)` when the episode ends.
         """
+        # One autocast region for the whole turn: autocast keeps the bf16 copy of each fp32 weight
+        # for as long as its region lasts, so the weights are cast once a turn, not once a token.
+        with self.compute():
+            return self._sample(prompts, stops, max_new_tokens, temperature, top_p, seeds, keys)
+
+    def _sample(self, prompts, stops, max_new_tokens, temperature, top_p, seeds, keys) -> list[Sample]:
         from transformers import DynamicCache
-        model, device = self.model, self.device
-        model.eval()
+        device = self.device
+        self.model.eval()
         num_rows = len(prompts)
         keys = list(keys) if keys is not None else [None] * num_rows
         # How much of each prompt is already in a kept cache (at least one new token must run,
@@ -286,11 +352,9 @@ class Student:
         input_ids, positions = input_ids.to(device), positions.to(device)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-        # Prefill the new part: only the last position's logits are needed (logits_to_keep=1), which
-        # keeps a (B, T, V) tensor from ever existing.
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float().cpu()  # (b, V)
+        # Prefill the new part: only the last position goes through the LM head, which keeps a
+        # (B, T, V) tensor from ever existing.
+        logits = self._next_logits(input_ids, attention, positions, cache)  # (b, V) fp32 on the CPU
         next_position = positions[:, -1] + 1  # (b,)
         rows = list(range(num_rows))  # rows[j] = original row index of batch position j
         ids: list[list[int]] = [[] for _ in range(num_rows)]
@@ -298,17 +362,19 @@ class Student:
         fed = [0] * num_rows  # sampled tokens of each row that went through the model (are in the cache)
         reasons = ["length"] * num_rows
         for _ in range(max_new_tokens):
-            # log pi at temperature 1, before top-p: the number the training loss will recompute.
-            log_probs = torch.log_softmax(logits, dim=-1)  # (b, V)
+            # Every row's token and its log pi at temperature 1, before top-p (the number the training
+            # loss will recompute), in a few batched ops; only the bookkeeping below is per row.
+            tokens = pick_tokens(logits, temperature, top_p, [generators[row] for row in rows])  # b ids
+            token_logps = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(tokens).unsqueeze(1))
+            token_logps = token_logps.squeeze(1).tolist()  # (b,) as floats
             keep: list[int] = []  # batch positions still generating
             feed: list[int] = []
-            for j, row in enumerate(rows):
-                token = pick_token(logits[j], temperature, top_p, generators[row])
+            for j, (row, token) in enumerate(zip(rows, tokens)):
                 if token in self.eos_ids:  # end of turn: the template supplies this token, not the sample
                     reasons[row] = "eos"
                     continue
                 ids[row].append(token)
-                logps[row].append(float(log_probs[j, token]))
+                logps[row].append(token_logps[j])
                 if self._hit_stop(ids[row], stops[row]):
                     reasons[row] = "stop"
                     continue
@@ -328,14 +394,21 @@ class Student:
                 rows = [rows[j] for j in keep]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             step_ids = torch.tensor(feed, device=device).unsqueeze(1)  # (b, 1)
-            out = model(input_ids=step_ids, attention_mask=attention, position_ids=next_position.unsqueeze(1),
-                        past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1, :].float().cpu()
+            logits = self._next_logits(step_ids, attention, next_position.unsqueeze(1), cache)
             next_position = next_position + 1
             for row in rows:
                 fed[row] += 1
         return [Sample(token_ids=ids[i], logprobs=logps[i], text=self.decode(ids[i]), stop_reason=reasons[i])
                 for i in range(num_rows)]
+
+    def _next_logits(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                     cache) -> torch.Tensor:
+        """Run new tokens through the decoder (extending `cache`) and return the last position's
+        logits (b, V) in fp32 on the CPU, from the same LM head call training uses (head_logits)."""
+        decoder = self.causal_lm().get_decoder()
+        out = decoder(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                      past_key_values=cache, use_cache=True)
+        return head_logits(self.lm_head(), out.last_hidden_state[:, -1]).cpu()
 
     def _prefill_shared_prefix(self, prompts: Sequence[Sequence[int]], min_tokens: int = 16) -> "_Kept | None":
         """Keys/values of the longest prefix common to all prompts (None when it is short)."""
@@ -345,7 +418,7 @@ class Student:
             return None
         cache = DynamicCache()
         ids = torch.tensor([list(prompts[0][:length])], device=self.device)  # (1, length)
-        self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.causal_lm().get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
         return _Kept(ids=list(prompts[0][:length]), keys=[layer.keys[0] for layer in cache.layers],
                      values=[layer.values[0] for layer in cache.layers])
 
@@ -399,7 +472,8 @@ class Student:
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, H) of the decoder, before the LM head."""
         decoder = self.causal_lm().get_decoder()
-        out = decoder(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        with self.compute():  # backward runs outside it, in the dtypes autocast chose for the forward
+            out = decoder(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def causal_lm(self):
@@ -449,7 +523,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[target] for each position, in fp32. hidden (N, H), targets (N,) -> (N,)."""
-    logits = head(hidden).float()  # (N, V)
+    logits = head_logits(head, hidden)  # (N, V)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
