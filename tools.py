@@ -300,9 +300,9 @@ def probe_isolation() -> str:
     return "limits"
 
 
-def describe_isolation() -> str:
-    """One line for a program's start: the sandbox mode and what it means."""
-    mode = probe_isolation()
+def describe_isolation(isolation: str = "auto") -> str:
+    """One line for a program's start: the sandbox mode Sandbox(isolation=...) gets, and what it means."""
+    mode = probe_isolation() if isolation == "auto" else isolation
     return f"sandbox: {mode} ({ISOLATION_MEANING[mode]})"
 
 

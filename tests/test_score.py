@@ -269,6 +269,7 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     (["--teacher-knowledge", "0.5", "--teacher", "smol-135m-q4"], "--teacher-knowledge is the reference teacher's"),
     (["--teacher-knowledge", "nan"], "is outside [0, 1]"),
     (["--n-train", "0"], "--n-train 0: give at least 1"),
+    (["--sandbox", "docker"], "unknown --sandbox 'docker'"),
 ])
 def test_knowledge_and_training_size_errors_are_one_line(argv, needle, tmp_path, capsys):
     assert score.main(["eval", *argv, "--runs-dir", str(tmp_path)]) == 2
@@ -321,3 +322,14 @@ def test_branch_links_checkpoints_and_marks_phases_last(tmp_path):
     assert read_jsonl(target / "metrics.jsonl") == [{"label": "bc", "sft/update": 1}]
     assert branch_run(source, target, ["eval", "bc"]) == ["bc"]  # branching again (after a kill) duplicates nothing
     assert read_jsonl(target / "metrics.jsonl") == [{"label": "bc", "sft/update": 1}]
+
+
+def test_sandbox_option_reaches_every_episode_sandbox():
+    """Breaks: --sandbox limits (to compare isolation costs, or where namespaces misbehave) being
+    ignored, or the mode printed at start disagreeing with the one the episodes get."""
+    from tools import describe_isolation
+    config = score.parse_args(["--sandbox", "limits"])
+    with score.make_sandbox(config)(None) as box:
+        assert box.mode == "limits"
+    assert describe_isolation("limits").startswith("sandbox: limits (")
+
