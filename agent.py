@@ -332,11 +332,17 @@ def grade_trajectory(trajectory: Trajectory, task) -> None:
 
 def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: dict | None = None,
             on_episode_end: Callable[[Trajectory], None] | None = None,
-            sandbox_factory: Callable | None = None) -> list[Trajectory]:
+            sandbox_factory: Callable | None = None, max_active: int | None = None) -> list[Trajectory]:
     """Run every start to the end of its episode, all active episodes batched together.
 
     Returns the trajectories in the order of `starts`, graded. `on_episode_end` is called as each
     episode ends (progress bars, line-atomic appends).
+
+    `max_active` bounds the episodes in flight (None: all of them). When one ends, the next waiting
+    start takes its row at the next turn (continuous batching), so the batch stays full instead of
+    draining to a few long episodes, as it would if the starts were cut into chunks run one after
+    another. Every episode's seeds come from its own start, so which episodes share a batch does
+    not change what each samples (up to float rounding of batched matmuls).
     """
     from tools import Sandbox
     indexes = indexes if indexes is not None else build_indexes([s.task for s in starts])
@@ -354,12 +360,26 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
             sandbox.replay(replay_codes(trajectory.steps))  # METHOD: rebuild state from the prefix
             return _Episode(start, trajectory, sandbox, start.step_limit or config.max_steps)
 
-        episodes = list(pool.map(open_episode, starts))
-        active = [e for e in episodes if not _episode_over(e)]
-        for e in episodes:
-            if e not in active:
-                _close(e, on_episode_end)
+        limit = max_active or len(starts)
+        waiting = list(reversed(range(len(starts))))  # indexes of starts not opened yet, next one last
+        by_index: dict[int, _Episode] = {}
+
+        def admit(active: list[_Episode]) -> list[_Episode]:
+            """Open waiting starts into the free rows; an episode whose prefix already ended closes at once."""
+            while waiting and len(active) < limit:
+                picked = [waiting.pop() for _ in range(min(limit - len(active), len(waiting)))]
+                opened = list(pool.map(open_episode, [starts[i] for i in picked]))
+                by_index.update(zip(picked, opened))
+                episodes.extend(opened)
+                for e in opened:
+                    if _episode_over(e):
+                        _close(e, on_episode_end)
+                    else:
+                        active.append(e)
+            return active
+
         try:
+            active = admit([])
             while active:
                 # 1. Build every active episode's prompt; end those whose context would overflow.
                 prompts, ready = [], []
@@ -371,8 +391,9 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
                         continue
                     prompts.append(prompt)
                     ready.append(e)
-                if not ready:
-                    break
+                if not ready:  # every active episode overflowed its context: refill, or stop
+                    active = admit([])
+                    continue
                 # 2. One batched generation call for all of them.
                 indexes_next = [len(e.trajectory.steps) + 1 for e in ready]
                 stops = [[PLAN_STOP] if i == 1 else [ACTION_STOP] for i in indexes_next]
@@ -387,20 +408,23 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
                 for step in steps:
                     step.gen_s = gen_s
                 steps = list(pool.map(lambda pair: run_step(pair[0].sandbox, pair[1]), zip(ready, steps)))
-                # 4. Record the steps; close the episodes that ended.
+                # 4. Record the steps; close the episodes that ended; waiting starts take their rows.
                 active = []
                 for e, step in zip(ready, steps):
                     e.trajectory.steps.append(step)
                     if _episode_over(e):
                         _close(e, on_episode_end)
+                        if hasattr(student, "forget"):
+                            student.forget(f"{id(e)}")  # its kept keys/values are not needed again
                     else:
                         active.append(e)
+                active = admit(active)
         finally:
             for e in episodes:
                 e.sandbox.close()
                 if hasattr(student, "forget"):
                     student.forget(f"{id(e)}")
-    return [e.trajectory for e in episodes]
+    return [by_index[i].trajectory for i in range(len(starts))]
 
 
 def _episode_over(e: _Episode) -> bool:

@@ -118,6 +118,9 @@ class RLConfig:
     micro_batch_tokens: int = 1024  # padded tokens (rows x longest row) per forward: bounds memory (bench/RESULTS.md)
     head_chunk_tokens: int = 1024  # supervised positions per LM-head chunk: bounds the (n, V) logits
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # matmuls of every forward pass (sampling and training) in bf16 over fp32 weights: "auto" = where the
+    # CPU has native bf16 and the weights are fp32 (~2x faster there, bench/RESULTS.md) | "bfloat16" | "off"
+    autocast: str = "auto"
     seed: int = 0  # orders the start states, seeds every rollout and a fresh LoRA adapter
     checkpoint_every: int = 5  # updates between resumable checkpoints (metrics lines are written with them)
     samples_every: int = 1  # write one group's continuations to samples/ every this many updates
@@ -535,8 +538,27 @@ def prepare_model(student: Student, config: RLConfig) -> tuple[bool, list, Stude
             reference = Student(frozen, student.tokenizer, student.device, name=student.name + "-reference")
     if config.gradient_checkpointing:
         student.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Sampling and training compute in the same dtype, so the log-probs recorded at sampling are those
+    # the update recomputes (rl/logprob_gap measures it): the rollouts of RL run under the same autocast.
+    student.autocast_dtype = autocast_dtype(config.autocast, student)
+    if reference is not None:
+        reference.autocast_dtype = student.autocast_dtype
     student.model.eval()
     return use_lora, [p for p in student.model.parameters() if p.requires_grad], reference
+
+
+def autocast_dtype(setting: str, student: Student) -> torch.dtype | None:
+    """RLConfig.autocast -> the compute dtype of forward passes over the (fp32) weights, or None.
+    On CPU, bf16 pays only with native bf16 instructions (AVX512-BF16, AMX); elsewhere it is emulated."""
+    from student import cpu_has_native_bf16
+    if setting not in ("auto", "bfloat16", "off"):
+        raise ValueError(f"RLConfig.autocast must be auto, bfloat16 or off, not {setting!r}")
+    fp32_weights = next(student.model.parameters()).dtype == torch.float32
+    if setting == "off" or not fp32_weights:
+        return None
+    if setting == "auto" and not (student.device.type == "cpu" and cpu_has_native_bf16()):
+        return None
+    return torch.bfloat16
 
 
 def sample_record(update: int, start: StartState, group: Sequence[Trajectory], rewards: Sequence[Reward],

@@ -321,6 +321,16 @@ class Student:
             # group's prompt): run it once and give every row the same keys/values.
             shared = self._prefill_shared_prefix(prompts)
             kept = [shared] * num_rows if shared is not None else kept
+        elif any(c is None for c in kept) and any(c is not None for c in kept):
+            # A row that joins episodes already under way (continuous batching) borrows the kept
+            # keys/values of the neighbour it shares the longest prefix with (at least the system
+            # prompt): keys/values of a prefix depend only on its tokens, so they are the ones it
+            # would compute, and its prefill shrinks to its own task.
+            donors = [c for c in kept if c is not None]
+            for i, c in enumerate(kept):
+                if c is None:
+                    best = max(donors, key=lambda d: _common_prefix(d.ids, prompts[i]))
+                    kept[i] = best if _common_prefix(best.ids, prompts[i]) >= 16 else None
         reused = [min(_common_prefix(c.ids, p), len(p) - 1) if c is not None else 0 for c, p in zip(kept, prompts)]
         past_width = max(reused)
         new_width = max(len(p) - r for p, r in zip(prompts, reused))

@@ -1,23 +1,32 @@
-"""Seconds per RL update, split into rollout, reward and update, and tokens/s of the update.
+"""Seconds per RL update, split into rollout, reward and update; tokens/s of the update; the on-policy gap.
 
-The CPU default: SmolLM2-135M (full fine-tuning, fp32), RLConfig() (4 start states x G = 4 episodes
-per update) and the CPU rollout budget (6 steps, 96 new tokens a turn). Start states are key-step
-records built from reference solutions of `arith` tasks with a planted wrong step, as MPS would
-write them: prefix = plan + reference steps before k, teacher step = reference step k, wrong step =
-step k with its first literal off by 3, both run in a sandbox after replaying the prefix.
+The CPU default: SmolLM2-135M (full fine-tuning, fp32 weights), RLConfig() (4 start states x G = 4
+episodes per update) and the CPU rollout budget (6 steps, 96 new tokens a turn). Start states are
+key-step records built from reference solutions of `arith` tasks with a planted wrong step, as MPS
+would write them: prefix = plan + reference steps before k, teacher step = reference step k, wrong
+step = step k with its first literal off by 3, both run in a sandbox after replaying the prefix.
 
 The untrained student rarely finishes, so most groups would have equal rewards and be skipped;
 to time a full update anyway, every row is trained with a synthetic advantage of +1 / -1
 (alternating), which costs exactly what a real update of the same rows costs.
 
-    python bench/rl_speed.py                       # 2 updates of the CPU default
-    python bench/rl_speed.py --updates 3 --threads 2
+Before and after in one run (`--compare`, the default): the settings named by `--before` (today's:
+fp32 sampling and update, `autocast=off`) and `--after` (`autocast=auto`: bf16 matmuls over fp32
+weights where the CPU has native bf16) take turns update by update on one model, so a change in the
+machine's load falls on both. Each update's rows are also trained under the other setting (its
+timing is kept; the first setting's step is what the model keeps), so the update tok/s of the two
+settings are measured on the same rows. rl/logprob_gap is the mean |log pi at sampling - log pi in
+training| of rows sampled and trained under the same setting.
+
+    python bench/rl_speed.py                       # 2 updates per setting, before and after
+    python bench/rl_speed.py --only after --updates 2
 
 Prints `RESULT name=value` lines last; figures go to bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import re
@@ -28,13 +37,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from student import configure_threads, load_student  # noqa: E402  (first: it sets OpenMP's waiting before torch loads)
 import torch  # noqa: E402
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step  # noqa: E402
 from bench.tasks import load_tasks  # noqa: E402
-from rl import (RLConfig, build_row, prepare_model, rl_update, rollout_groups, score_groups,  # noqa: E402
-                select_start_states)
-from student import load_student  # noqa: E402
+from rl import (RLConfig, autocast_dtype, build_row, prepare_model, rl_update, rollout_groups,  # noqa: E402
+                score_groups, select_start_states)
 from tools import Sandbox  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
@@ -71,59 +80,98 @@ def planted_record(task, config: RolloutConfig) -> dict:
             "teacher_step": dataclasses.asdict(teacher), "wrong_step": dataclasses.asdict(wrong), "last": True}
 
 
+SETTINGS = ("before", "after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=int, default=2, help="timed updates (each on fresh start states)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--updates", type=int, default=2, help="timed updates per setting (each on fresh start states)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--student", default="smol-135m")
+    parser.add_argument("--before", default="off", help="RLConfig.autocast of the 'before' setting (today: off)")
+    parser.add_argument("--after", default="auto", help="RLConfig.autocast of the 'after' setting")
+    parser.add_argument("--only", choices=SETTINGS, default=None, help="run one setting only")
     args = parser.parse_args()
-    config = RLConfig()  # the CPU default
+    autocast = {"before": args.before, "after": args.after}
+    settings = [args.only] if args.only else list(SETTINGS)
+    configs = {name: dataclasses.replace(RLConfig(), autocast=autocast[name]) for name in settings}  # the CPU default
     rollout_config = RolloutConfig()  # the CPU preset: 6 steps, 96 new tokens a turn, 2048-token context
     student = load_student(args.student, device=args.device, threads=args.threads)
-    tasks = load_tasks("arith", "test", config.prompts_per_update * args.updates, seed=0)
+    print(configure_threads(args.threads), f"- load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    num_updates = args.updates * len(settings)
+    config = configs[settings[0]]
+    tasks = load_tasks("arith", "test", config.prompts_per_update * num_updates, seed=0)
     records = [planted_record(t, rollout_config) for t in tasks]
     starts = select_start_states(records, {t.id: t for t in tasks}, config)
     _, params, reference = prepare_model(student, config)
+    dtypes = {name: autocast_dtype(configs[name].autocast, student) for name in settings}
     optimizer = torch.optim.AdamW(params, lr=config.lr)
-    timings = {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "supervised_tok_per_s": [],
-               "generated": [], "row_tokens": []}
-    for update_idx in range(args.updates):
+    timings = {name: {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "sampled_tok_per_s": [],
+                      "generated": [], "row_tokens": [], "gap": []} for name in settings}
+    for update_idx in range(num_updates):
+        name = settings[update_idx % len(settings)]  # the setting that samples this update's rollouts
+        student.autocast_dtype = dtypes[name]
         batch = starts[update_idx * config.prompts_per_update:(update_idx + 1) * config.prompts_per_update]
         began = time.perf_counter()
-        groups = rollout_groups(student, batch, update_idx, config, rollout_config, {}, None)
+        groups = rollout_groups(student, batch, update_idx, configs[name], rollout_config, {}, None)
         rollout_s = time.perf_counter() - began
         began = time.perf_counter()
-        rewards, _, _, skipped = score_groups(student.tokenizer, batch, groups, config)
+        rewards, _, _, skipped = score_groups(student.tokenizer, batch, groups, configs[name])
         reward_s = time.perf_counter() - began
         # Synthetic advantages on every row (see the docstring): the cost of a full update.
         rows = [build_row(student.tokenizer, t, s.k, 1.0 if i % 2 else -1.0)
                 for s, g in zip(batch, groups) for i, t in enumerate(g)]
         rows = [r for r in rows if sum(r.mask)]
-        began = time.perf_counter()
-        stats = rl_update(student, optimizer, params, rows, config, reference)
-        update_s = time.perf_counter() - began
         generated = sum(len(s.token_ids or []) for g, st in zip(groups, batch) for t in g for s in t.steps[st.k - 1:])
-        for key, value in (("rollout_s", rollout_s), ("reward_s", reward_s), ("update_s", update_s),
-                           ("tok_per_s", stats["row_tokens"] / update_s),
-                           ("supervised_tok_per_s", stats["supervised_tokens"] / update_s),
-                           ("generated", generated), ("row_tokens", stats["row_tokens"])):
-            timings[key].append(value)
+        line = []
+        # The other setting first, on a copy of the weights and optimiser state it then throws away,
+        # so that the model keeps only the step of the setting that sampled the rows.
+        for trainer in [n for n in settings if n != name] + [name]:
+            student.autocast_dtype = dtypes[trainer]
+            saved = None
+            if trainer != name:
+                saved = ({k: v.detach().clone() for k, v in student.model.state_dict().items()},
+                         copy.deepcopy(optimizer.state_dict()))
+            began = time.perf_counter()
+            stats = rl_update(student, optimizer, params, rows, configs[trainer], reference)
+            update_s = time.perf_counter() - began
+            if saved is not None:
+                student.model.load_state_dict(saved[0])
+                optimizer.load_state_dict(saved[1])
+            timings[trainer]["update_s"].append(update_s)
+            timings[trainer]["tok_per_s"].append(stats["row_tokens"] / update_s)
+            line.append(f"update as {trainer} {update_s:.1f} s ({stats['row_tokens'] / update_s:.0f} tok/s, "
+                        f"gap {stats['logprob_gap']:.2e})")
+        student.autocast_dtype = dtypes[name]
+        for key, value in (("rollout_s", rollout_s), ("reward_s", reward_s), ("generated", generated),
+                           ("sampled_tok_per_s", generated / rollout_s), ("row_tokens", stats["row_tokens"]),
+                           ("gap", stats["logprob_gap"])):
+            timings[name][key].append(value)
         mean_reward = sum(r.reward for g in rewards for r in g) / sum(len(g) for g in rewards)
-        print(f"update {update_idx + 1}: rollout {rollout_s:.1f} s ({generated} tokens sampled), reward {reward_s:.2f} s, "
-              f"update {update_s:.1f} s ({stats['row_tokens']} tokens, {stats['supervised_tokens']} supervised, "
-              f"{stats['row_tokens'] / update_s:.0f} tok/s); mean reward {mean_reward:.3f}, skipped groups {skipped}",
-              flush=True)
-    median = {k: statistics.median(v) for k, v in timings.items()}
+        print(f"update {update_idx + 1} sampled as {name}: rollout {rollout_s:.1f} s ({generated} tokens sampled, "
+              f"{generated / rollout_s:.1f} tok/s), reward {reward_s:.2f} s, {stats['row_tokens']} row tokens "
+              f"({stats['supervised_tokens']} supervised); " + "; ".join(line)
+              + f"; mean reward {mean_reward:.3f}, skipped groups {skipped}; load {os.getloadavg()[0]:.2f}", flush=True)
+    # With both settings this includes one copy of the weights and the optimiser state (~1.6 GB).
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(f"RESULT rl_rollout_s_per_update={median['rollout_s']:.1f}")
-    print(f"RESULT rl_reward_s_per_update={median['reward_s']:.2f}")
-    print(f"RESULT rl_update_s_per_update={median['update_s']:.1f}")
-    print(f"RESULT rl_update_tok_per_s={median['tok_per_s']:.0f}")
-    print(f"RESULT rl_update_supervised_tok_per_s={median['supervised_tok_per_s']:.0f}")
-    print(f"RESULT rl_generated_tokens_per_update={median['generated']:.0f}")
-    print(f"RESULT rl_row_tokens_per_update={median['row_tokens']:.0f}")
+    median = {name: {k: statistics.median(v) for k, v in timings[name].items()} for name in settings}
+    for name in settings:
+        m = median[name]
+        print(f"{name} (autocast={autocast[name]} -> {dtypes[name]}): rollout {m['rollout_s']:.1f} s "
+              f"({m['sampled_tok_per_s']:.1f} sampled tok/s), reward {m['reward_s']:.2f} s, update {m['update_s']:.1f} s "
+              f"({m['tok_per_s']:.0f} tok/s), logprob gap {m['gap']:.2e}")
+    last = settings[-1]
+    print(f"RESULT rl_rollout_s_per_update={median[last]['rollout_s']:.1f}")
+    print(f"RESULT rl_reward_s_per_update={median[last]['reward_s']:.2f}")
+    print(f"RESULT rl_update_s_per_update={median[last]['update_s']:.1f}")
+    print(f"RESULT rl_update_tok_per_s={median[last]['tok_per_s']:.0f}")
     print(f"RESULT rl_peak_rss_gb={peak_rss_gb:.2f}")
+    if len(settings) == 2:
+        print(f"RESULT rl_rollout_speedup={median['after']['sampled_tok_per_s'] / median['before']['sampled_tok_per_s']:.2f}")
+        print(f"RESULT rl_update_speedup={median['after']['tok_per_s'] / median['before']['tok_per_s']:.2f}")
+        print(f"RESULT rl_logprob_gap_before={median['before']['gap']:.2e}")
+    print(f"RESULT rl_logprob_gap={median[last]['gap']:.2e}")
 
 
 if __name__ == "__main__":
