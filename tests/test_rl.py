@@ -475,3 +475,29 @@ def test_resume_gives_the_same_weights(tokenizer, tmp_path):
     assert all(m["rl/loss"] is not None for m in lines["resumed"])  # every update really stepped
     drop_times = lambda m: {k: v for k, v in m.items() if not k.endswith("_s")}
     assert [drop_times(m) for m in lines["resumed"]] == [drop_times(m) for m in lines["straight"]]
+
+
+def test_autocast_samples_and_trains_in_the_same_dtype(tokenizer):
+    """RLConfig.autocast="bfloat16": prepare_model makes sampling and the update compute in bf16 over
+    fp32 weights (the weights stay fp32, the step updates them), and the on-policy gap between the
+    log-probs recorded at sampling and those of the update stays small; "off" keeps fp32 exactly.
+    If this failed, bf16 RL would train on log-probs of a different policy than the one it sampled."""
+    gaps = {}
+    for setting in ("off", "bfloat16"):
+        student = make_tiny_student(tokenizer, seed=8)
+        config = RLConfig(autocast=setting, lora=False, group_size=2, prompts_per_update=2)
+        _, params, _ = prepare_model(student, config)
+        assert student.autocast_dtype == (None if setting == "off" else torch.bfloat16)
+        assert all(p.dtype == torch.float32 for p in params)
+        starts = select_start_states([keystep_record()], {"toy-0": TASK}, config)
+        groups = rollout_groups(student, starts, 0, config, RolloutConfig(max_steps=3, max_new_tokens=12), {},
+                                InProcessSandbox)
+        rows = [build_row(tokenizer, t, s.k, 1.0 if i % 2 else -1.0) for s, g in zip(starts, groups)
+                for i, t in enumerate(g)]
+        before = [p.detach().clone() for p in params]
+        stats = rl_update(student, torch.optim.SGD(params, lr=0.1), params, rows, config)
+        assert any(not torch.equal(a, p) for a, p in zip(before, params))  # the fp32 weights moved
+        gaps[setting] = stats["logprob_gap"]
+    assert gaps["off"] < 1e-5 and gaps["bfloat16"] < 1e-2, gaps
+    with pytest.raises(ValueError, match="autocast"):
+        prepare_model(make_tiny_student(tokenizer), RLConfig(autocast="fp8", lora=False))
