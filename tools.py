@@ -231,9 +231,15 @@ def _bwrap_command(workdir: str, executable: str | None = None) -> list[str]:
     installation, and tools.py itself. Writable: the work directory, and a private /tmp and /dev/shm
     (tmpfs of SANDBOX_TMPFS_MB each, gone with the sandbox). Nothing else of the host: no /home, no
     /root, no project checkout, no run directory."""
+    size = str(SANDBOX_TMPFS_MB * 1024 * 1024)
+    # Order matters: bwrap mounts in argument order, so the private /tmp comes before the binds
+    # that may live under /tmp (a checkout or a virtual environment in /tmp, the work directory).
     command = [executable or _working_bwrap()[0] or "bwrap",
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent",                    # the sandbox dies if the host dies
+               "--dev", "/dev", "--proc", "/proc",     # a minimal /dev; a /proc of the new PID namespace
+               "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+               "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
                "--ro-bind", "/usr", "/usr", "--ro-bind-try", "/etc", "/etc"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):  # merged /usr: /bin -> usr/bin
@@ -243,12 +249,8 @@ def _bwrap_command(workdir: str, executable: str | None = None) -> list[str]:
     for path in _python_paths():
         command += ["--ro-bind", path, path]
     tools_file = os.path.realpath(__file__)
-    size = str(SANDBOX_TMPFS_MB * 1024 * 1024)
     command += ["--ro-bind", tools_file, tools_file,
-                "--dev", "/dev", "--proc", "/proc",     # a minimal /dev; a /proc of the new PID namespace
-                "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-                "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-                "--bind", workdir, workdir,             # the work directory, inside the private /tmp
+                "--bind", workdir, workdir,             # the work directory (in the host's /tmp)
                 "--chdir", workdir]
     # bwrap's --new-session is not needed: the host starts the sandbox in a new session of its own,
     # without a controlling terminal, so the terminal-injection attack it guards against has no
@@ -276,7 +278,8 @@ def _working_bwrap() -> tuple[str | None, str]:
     for executable in _bwrap_candidates():
         workdir = tempfile.mkdtemp(prefix="score-probe-")
         try:
-            probe = subprocess.run(_bwrap_command(workdir, executable) + [sys.executable, "-S", "-c", "import json"],
+            probe = subprocess.run(_bwrap_command(workdir, executable) + [sys.executable, "-S", "-B",
+                                   os.path.realpath(__file__), "--probe"],
                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd=workdir)
             if probe.returncode == 0:
                 return executable, ""
@@ -1284,3 +1287,5 @@ def _worker_main(config: dict) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     _worker_main(json.loads(sys.argv[2]))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
+    pass  # probe_isolation: this file and its imports were reachable inside the sandbox

@@ -7,6 +7,7 @@ bubblewrap does not work). Each test's docstring says what would break if it fai
 import os
 import re
 import socket
+import sys
 import time
 
 import pytest
@@ -376,3 +377,23 @@ def test_seccomp_program_is_well_formed():
             assert index + 1 + max(jump_true, jump_false) < len(program)
     assert program[-1] == (0x06, 0, 0, 0x7FFF0000)  # the default is to allow
 
+
+
+@pytest.mark.skipif(not BWRAP_WORKS, reason="bubblewrap does not work on this machine")
+def test_bwrap_works_from_a_checkout_under_tmp(tmp_path):
+    """If this fails, a project cloned under /tmp (as CI and `mktemp -d` clones are) cannot start its
+    workers in bwrap mode: the sandbox's private /tmp would hide tools.py."""
+    import importlib.util
+    import shutil
+    copy = tmp_path / "checkout" / "tools.py"
+    copy.parent.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools.py"), copy)
+    spec = importlib.util.spec_from_file_location("tools_under_tmp", copy)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    with module.Sandbox(timeout_s=5, isolation="bwrap") as box:
+        assert box.run("print(6 * 7)").text == "42\n"
