@@ -184,17 +184,6 @@ def check_config(config: Config) -> None:
                               "or user namespaces are off); use --sandbox auto")
     if config.n_train is not None and config.n_train < 1:
         raise ConfigError(f"--n-train {config.n_train}: give at least 1 training task per task set")
-    import inspect
-    if config.teacher_knowledge:
-        from teacher import ReferenceTeacher
-        if "knowledge" not in inspect.signature(ReferenceTeacher.__init__).parameters:
-            raise ConfigError("--teacher-knowledge needs a ReferenceTeacher that takes knowledge= "
-                              "(teacher.py in this checkout does not yet)")
-    if config.split_jsonl:
-        from bench.tasks import load_tasks
-        if "split_jsonl" not in inspect.signature(load_tasks).parameters:
-            raise ConfigError("--split-jsonl needs a load_tasks that takes split_jsonl= "
-                              "(bench/tasks.py in this checkout does not yet)")
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -269,8 +258,8 @@ def load_tasks_for(config: Config, split: str) -> list:
     tasks per set. The same (sets, split, n, seed) always gives the same tasks (bench/tasks.py)."""
     from bench.tasks import load_tasks
     n = (config.n_train or config.n) if split == "train" else config.n
-    extra = {"split_jsonl": True} if config.split_jsonl else {}  # only when asked (an older load_tasks lacks it)
-    return [t for name in config.tasks.split(",") for t in load_tasks(name.strip(), split, n, config.seed, **extra)]
+    return [t for name in config.tasks.split(",")
+            for t in load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl)]
 
 
 def rollout_dtype(config: Config) -> str:
@@ -331,16 +320,12 @@ def open_teacher(config: Config, run_dir: Path, tasks: list, console):
         console.print("teacher: reference (a scripted expert built from the tasks' reference solutions; the "
                       "offline GGUF is too small to teach, see README)")
     cache = Path(config.teacher_cache) if config.teacher_cache else run_dir / "teacher_cache.jsonl"
-    if config.teacher == "reference" and not config.teacher_url and config.teacher_knowledge:
-        from teacher import ReferenceTeacher  # the same knowing teacher writes BC trajectories and MPS steps
+    if config.teacher_knowledge:  # the same knowing teacher writes BC trajectories and MPS steps
         console.print(f"teacher: knows a share {config.teacher_knowledge:g} of the facts and intermediate results "
                       "(--teacher-knowledge): it states them instead of searching or computing")
-        teacher = ReferenceTeacher(tasks, seed=config.seed, knowledge=config.teacher_knowledge)
-        OPENED_TEACHERS.append(teacher)
-        return teacher
     teacher = make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
                            gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
-                           seed=config.seed)
+                           seed=config.seed, knowledge=config.teacher_knowledge)
     OPENED_TEACHERS.append(teacher)
     return teacher
 
