@@ -1022,12 +1022,14 @@ class _LimitedTextStream(io.TextIOWrapper):
 def _count_my_tasks() -> int:
     """Processes and threads of this uid that /proc shows: what RLIMIT_NPROC counts.
 
-    An undercount (a pid namespace hides the host's processes) only makes the limit stricter."""
+    An undercount (a pid namespace hides the host's processes) only makes the limit stricter. The
+    real uid is read from /proc/PID/status (_uids_of): the owner of /proc/PID is root for a process
+    that changed its uid, as W itself did."""
     uid, total = os.getuid(), 0
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
+                if (_uids_of(int(name)) or (None,))[0] == uid:
                     with open(f"/proc/{name}/stat") as file:
                         fields = file.read().rsplit(")", 1)[1].split()
                     # Zombies still count for the kernel until they are reaped; leaving them out
