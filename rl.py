@@ -119,8 +119,10 @@ class RLConfig:
     head_chunk_tokens: int = 1024  # supervised positions per LM-head chunk: bounds the (n, V) logits
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # matmuls of every forward pass (sampling and training) in bf16 over fp32 weights: "auto" = where the
-    # CPU has native bf16 and the weights are fp32 (~2x faster there, bench/RESULTS.md) | "bfloat16" | "off"
-    autocast: str = "auto"
+    # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off by default: on the untrained
+    # 135M student the update ran 1.45x faster but rl/logprob_gap rose from 3e-6 to 1.3-1.6e-2, over
+    # the 1e-2 an on-policy check allows (bench/RESULTS.md, "RL updates: bf16 autocast")
+    autocast: str = "off"
     seed: int = 0  # orders the start states, seeds every rollout and a fresh LoRA adapter
     checkpoint_every: int = 5  # updates between resumable checkpoints (metrics lines are written with them)
     samples_every: int = 1  # write one group's continuations to samples/ every this many updates

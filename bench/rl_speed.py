@@ -90,13 +90,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--student", default="smol-135m")
     parser.add_argument("--before", default="off", help="RLConfig.autocast of the 'before' setting (today: off)")
-    parser.add_argument("--after", default="auto", help="RLConfig.autocast of the 'after' setting")
+    parser.add_argument("--after", default="auto", help="RLConfig.autocast of the 'after' setting (bf16 where native)")
     parser.add_argument("--only", choices=SETTINGS, default=None, help="run one setting only")
+    parser.add_argument("--max-steps", type=int, default=6, help="rollout steps (the CPU preset: 6)")
     args = parser.parse_args()
     autocast = {"before": args.before, "after": args.after}
     settings = [args.only] if args.only else list(SETTINGS)
     configs = {name: dataclasses.replace(RLConfig(), autocast=autocast[name]) for name in settings}  # the CPU default
-    rollout_config = RolloutConfig()  # the CPU preset: 6 steps, 96 new tokens a turn, 2048-token context
+    # The CPU preset: 6 steps, 96 new tokens a turn, 2048-token context (fewer steps: a quicker bench).
+    rollout_config = RolloutConfig(max_steps=args.max_steps)
     student = load_student(args.student, device=args.device, threads=args.threads)
     print(configure_threads(args.threads), f"- load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     num_updates = args.updates * len(settings)
