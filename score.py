@@ -790,6 +790,9 @@ def guarded(work, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # student.py first, before anything imports torch: it sets OpenMP's waiting policy (passive), which
+    # torch's thread pool reads once when it loads (student.py says why: a busy machine).
+    import student  # noqa: F401
     from rich.console import Console
     console = Console()
     argv = sys.argv[1:] if argv is None else argv
@@ -819,7 +822,9 @@ def run_loop(config: Config, console) -> int:
     if config.init_from and not finished_phases(run_dir):  # a new branch, or one killed while copying
         init_from(config, run_dir, console)
     print_budget(config, console, finished_phases(run_dir))
+    from student import configure_threads
     from tools import describe_isolation
+    console.print(configure_threads(config.threads), highlight=False)
     console.print(describe_isolation(config.sandbox), soft_wrap=True)
     for phase in config.phases.split(","):
         if config.method == "imitation" and phase not in ("eval", "bc"):  # the baseline: BC on all training tasks
