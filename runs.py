@@ -33,8 +33,12 @@ def config_hash(config, operational: set[str]) -> str:
 
 
 def open_run(run_dir: Path, config, operational: set[str]) -> None:
-    """Write config.json on first use; on resume refuse if a result-affecting field changed."""
+    """Write config.json on first use; on resume refuse if a result-affecting field changed.
+
+    The run directory is the owner's alone (mode 0700): it holds reference answers, and the code
+    sandbox's own uid (tools.py, a root host) must not read them even where no bwrap hides them."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(0o700)
     path = run_dir / "config.json"
     current = dataclasses.asdict(config)
     if not path.exists():

@@ -185,6 +185,33 @@ def read_project_and_runs(mode: str) -> str | None:
     return f"the project checkout is visible: {visible[:80]}"
 
 
+def read_run_directory(mode: str) -> str | None:
+    """A run directory (reference answers in bc.jsonl, eval/teacher.jsonl) is closed to the sandbox's
+    uid in both modes: runs.open_run makes it 0700 (root host: another uid cannot enter it)."""
+    if not HOST_IS_ROOT:
+        raise Skip("needs a root host (a uid per sandbox)")
+    import dataclasses
+    from runs import open_run
+
+    @dataclasses.dataclass
+    class Options:
+        seed: int = 0
+    parent = tempfile.mkdtemp(prefix="score-attack-runs-")
+    os.chmod(parent, 0o755)
+    run_dir = os.path.join(parent, "a-run")
+    try:
+        from pathlib import Path
+        open_run(Path(run_dir), Options(), set())
+        with open(os.path.join(run_dir, "bc.jsonl"), "w") as file:
+            file.write('{"answer": "1972"}\n')
+        with sandbox(mode) as box:
+            result = box.run(f"print(open({os.path.join(run_dir, 'bc.jsonl')!r}).read())")
+        return f"read the run directory: {result.text[:40]!r}" if "1972" in result.text else None
+    finally:
+        import shutil
+        shutil.rmtree(parent)
+
+
 def loopback_network(mode: str) -> str | None:
     """Connect to a server on the host's loopback, and open any socket at all."""
     server = socket.socket()
@@ -304,6 +331,7 @@ ATTACKS = [
     Attack("lone_surrogate", "a lone surrogate in an error message and an answer", lone_surrogate),
     Attack("root_only_files", "/etc/shadow, root-only files, /root", read_root_only_files),
     Attack("project_and_runs", "the project checkout and run directories", read_project_and_runs),
+    Attack("run_directory", "reference answers in a run directory", read_run_directory),
     Attack("loopback", "a server on the host's loopback", loopback_network),
     Attack("each_other", "another sandbox's files and worker", sandboxes_see_each_other),
     Attack("temp_files", "files in /tmp, /var/tmp, /dev/shm after close()", temp_files_persist),
