@@ -56,7 +56,8 @@ gives the one line a program prints):
       tools.py alone of the project checkout, the work directory writable, a private /tmp and
       /dev/shm (tmpfs of SANDBOX_TMPFS_MB); no /home, /root, project checkout or run directory.
   "limits" (no working bubblewrap, e.g. a container without namespaces; one warning per process)
-    NOT protected: reading files W's uid may read (world-readable files, the project checkout);
+    NOT protected: reading files W's uid may read (world-readable files, the project checkout; run
+    directories are 0700, runs.open_run, so on a root host their reference answers stay closed);
     /tmp, /var/tmp and /dev/shm are the host's (a step can fill them until its timeout; what the
     sandbox's uid left there is removed at stop, on a root host). On a non-root host W runs as the
     host's user: then the filter alone keeps it from signalling or tracing the host, and it can
