@@ -265,7 +265,7 @@ def forged_result_from_a_timer(mode: str) -> str | None:
              "def forge(*_):\n"
              "    for step in range(1, 10):\n"
              "        line = json.dumps({'op': 'done', 'step': step, 'error': None, 'answer': 'forged'})\n"
-             "        for fd in range(3, 12):\n"
+             "        for fd in range(3, 256):\n"
              "            try:\n"
              "                os.write(fd, (line + '\\n').encode())\n"
              "            except OSError:\n"

@@ -243,7 +243,7 @@ def test_forged_protocol_lines_cannot_fool_or_desynchronise_the_host():
     or wedge the host."""
     forge_done = ("import json, os\n"
                   "line = json.dumps({'op': 'done', 'error': None, 'answer': 'forged'}) + '\\n'\n"
-                  "for fd in range(3, 20):\n"
+                  "for fd in range(3, 256):  # every descriptor W may hold (RLIMIT_NOFILE)\n"
                   "    try:\n"
                   "        os.write(fd, line.encode())\n"
                   "    except OSError:\n"
