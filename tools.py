@@ -92,7 +92,6 @@ import gc
 import io
 import json
 import os
-import random
 import re
 import resource
 import secrets
@@ -328,9 +327,10 @@ class _UidLease:
         info = os.lstat(directory)  # a planted symlink or a directory of another user is refused
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
             raise RuntimeError(f"{directory} must be a directory owned by root with mode 0700")
-        start = random.randrange(SANDBOX_UID_COUNT)
+        # The lowest free uid: uids (and their lock files) are reused, so the directory holds no
+        # more files than sandboxes ever ran at once.
         for offset in range(SANDBOX_UID_COUNT):
-            uid = SANDBOX_UID_BASE + (start + offset) % SANDBOX_UID_COUNT
+            uid = SANDBOX_UID_BASE + offset
             fd = os.open(os.path.join(directory, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
