@@ -19,8 +19,10 @@ values ("378.0" for 378) without being so lenient that a wrong answer passes.
 Graders are total and fast: a missing (None) or empty prediction scores 0 under every grader, and
 `grade` never raises for a prediction, whatever the model wrote (a string of up to 1 MB is graded in
 well under a second: digits and exponents are bounded before any exact arithmetic, and math-verify
-only sees answers of up to MATH_VERIFY_MAX_CHARS). An unknown grader name is a programming error and
-does raise.
+only sees answers of up to MATH_VERIFY_MAX_CHARS, nested at most MATH_VERIFY_MAX_DEPTH deep). The one
+exception is math-verify itself on short adversarial LaTeX ("x^x^x^...", "10^{10^{10}}"): its parse
+and its comparison each stop at MATH_TIMEOUT_S, so a "math" grade can take about two seconds. An
+unknown grader name is a programming error and does raise.
 
 Deviations from common practice, each on purpose:
 1. `numeric` ignores a trailing percent sign ("12.5%" == "12.5"): task answers that are percentages
@@ -51,10 +53,12 @@ GRADERS = ("numeric", "math", "f1", "exact", "choice")
 # Token F1 at or above this counts as a correct answer (METHOD.md section 4).
 F1_CORRECT = 0.8
 # Seconds math-verify may spend parsing or comparing one answer (it uses SIGALRM, main thread only).
-MATH_TIMEOUT_S = 3
+MATH_TIMEOUT_S = 1
 # Longer answers are not handed to math-verify (sympy can take seconds on them): no benchmark's
 # answer is this long, so a longer prediction is compared as text only.
-MATH_VERIFY_MAX_CHARS = 1000
+MATH_VERIFY_MAX_CHARS = 300
+# Nor are answers nested deeper than this ("((((..." makes its LaTeX parser take seconds).
+MATH_VERIFY_MAX_DEPTH = 12
 # Bounds on a number before exact arithmetic (see deviation 3).
 MAX_SIGNIFICANT_DIGITS = 60
 MAX_DECIMAL_EXPONENT = 1000
@@ -243,6 +247,18 @@ def _math_verify_equal(prediction: str, reference: str) -> bool:
         return False
 
 
+def _nesting_depth(s: str) -> int:
+    """The deepest nesting of (, [ and { in `s` (unbalanced closers ignored)."""
+    depth = deepest = 0
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def _squash(s: str) -> str:
     """Last-resort string form for math answers: no spaces, no $, no \\left / \\right."""
     return re.sub(r"\s+|\$|\\left|\\right", "", s)
@@ -296,7 +312,7 @@ def _grade(grader: str, prediction: str, reference: str) -> float:
         return float(numbers_equal(pred_value, ref_value))
     if _squash(prediction) == _squash(reference):
         return 1.0
-    if len(prediction) > MATH_VERIFY_MAX_CHARS:
+    if len(prediction) > MATH_VERIFY_MAX_CHARS or _nesting_depth(prediction) > MATH_VERIFY_MAX_DEPTH:
         return 0.0
     return float(_math_verify_equal(prediction, reference))
 
