@@ -361,12 +361,17 @@ def _uids_of(pid: int) -> tuple[int, ...] | None:
     return None
 
 
+def processes_of(uid: int) -> list[int]:
+    """Live processes with `uid` as their real, effective, saved or file-system uid."""
+    return [int(name) for name in os.listdir("/proc")
+            if name.isdigit() and uid in (_uids_of(int(name)) or ()) and process_is_live(int(name))]
+
+
 def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
     """SIGKILL every process running under `uid`, until none is left (RuntimeError if some survive)."""
     end = time.monotonic() + patience_s
     while True:
-        victims = [int(name) for name in os.listdir("/proc")
-                   if name.isdigit() and uid in (_uids_of(int(name)) or ()) and process_is_live(int(name))]
+        victims = processes_of(uid)
         if not victims:
             return
         if time.monotonic() > end:
@@ -426,8 +431,8 @@ def _remove_tree(path: str) -> None:
                         try:
                             os.rename(child, f".removing-{moved}", src_dir_fd=here, dst_dir_fd=top)
                             break
-                        except OSError:  # that name exists already (the code may have made it)
-                            if moved > 10 * (len(children) + len(pending)) + 1_000_000:
+                        except OSError as error:  # the code may have made that name: take the next one
+                            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                                 raise
                     pending.append(f".removing-{moved}")
             finally:

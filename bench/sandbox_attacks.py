@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import Sandbox, _uids_of, probe_isolation, process_is_live  # noqa: E402
+from tools import Sandbox, probe_isolation, processes_of  # noqa: E402
 
 TIMEOUT_S = 3.0
 HOST_IS_ROOT = os.geteuid() == 0
@@ -46,12 +46,6 @@ class Attack:
 
 def sandbox(mode: str, **kwargs) -> Sandbox:
     return Sandbox(timeout_s=kwargs.pop("timeout_s", TIMEOUT_S), isolation=mode, **kwargs)
-
-
-def sandbox_pids(uid: int) -> list[int]:
-    """Live processes running under `uid` (any of real, effective, saved uid)."""
-    return [int(name) for name in os.listdir("/proc")
-            if name.isdigit() and uid in (_uids_of(int(name)) or ())[:3] and process_is_live(int(name))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -90,7 +84,7 @@ def orphans_outlive_close(mode: str) -> str | None:
         if not result.error:
             return "fork() worked inside the sandbox"
     time.sleep(0.05)
-    survivors = sandbox_pids(uid) if HOST_IS_ROOT else []
+    survivors = processes_of(uid) if HOST_IS_ROOT else []
     return f"{len(survivors)} processes of the sandbox outlived close()" if survivors else None
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tools import (ELISION_MARKER, NO_CORPUS_MESSAGE, SANDBOX_UID_BASE, SANDBOX_UID_COUNT, Sandbox,
-                   SearchIndex, _elide_middle, _OutputCapture, _remove_tree, _seccomp_program, probe_isolation)
+                   SearchIndex, _elide_middle, process_is_live, _OutputCapture, _remove_tree, _seccomp_program, probe_isolation)
 
 BWRAP_WORKS = probe_isolation() == "bwrap"
 MODES = [
@@ -37,15 +37,6 @@ def live_processes(session_ids):
             if fields[0] not in "ZX" and int(fields[3]) in session_ids:
                 found.append(int(name))
     return found
-
-
-def process_is_alive(pid):
-    """True if `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except FileNotFoundError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +257,7 @@ def test_code_that_leaves_the_session_is_still_killed():
         pid = int(box.run("import os\nos.setsid()\nprint(os.getpid())").text)  # a host pid in limits mode
         assert box.run("while True:\n    pass").fatal
         time.sleep(0.05)
-        assert not process_is_alive(pid)
+        assert not process_is_live(pid)
 
 
 def test_worker_start_is_fast():
