@@ -16,9 +16,11 @@ time, even for a run that stopped half way:
 It prints the two tables, writes the same tables as markdown to report.md, and returns that text.
 
 The audit view, `python score.py show RUN [TASK_ID]`: without a task id, one line per MPS episode
-(solved alone, corrected, hard and why) to pick from. With one: the episode as the teacher saw it,
-the first error marked, the teacher's verdict and replacement step beside the student's wrong step,
-and what the student did afterwards.
+(solved alone, corrected, hard and why) to pick from, then the run's evaluations. With one: the
+episode as the teacher saw it, the first error marked, the teacher's verdict and replacement step
+beside the student's wrong step, and what the student did afterwards. `show RUN --eval LABEL
+[TASK_ID]` does the same for the test episodes of eval/LABEL.jsonl. A run without MPS episodes is
+told the command, with its own options, that writes them.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from runs import finished_phases, read_jsonl, write_atomic
+from runs import finished_phases, human_size, read_jsonl, run_size, write_atomic
 
 # The evaluations in the order the loop runs them: (label of eval/<label>.json, row name).
 EVAL_ROWS = (("teacher", "teacher"), ("base", "student before"), ("bc", "after BC"),
@@ -49,39 +51,178 @@ def outcome(record: dict) -> str:
 
 
 def step_text(step: dict) -> str:
-    """One step as code (or plan text) followed by its observation."""
+    """One step as code (or plan text) followed by its observation, as rich markup: the model's text
+    is escaped, so code such as `x[0]` or "[/b]" prints as written."""
     body = step.get("code") or step.get("thought") or step.get("content", "")
     observation = (step.get("observation") or "").strip()
     if step.get("final_answer") is not None:
         observation = f"final_answer({step['final_answer']!r})"
-    return f"{body}\n[dim]-> {observation[:300]}[/dim]" if observation else body
+    return f"{escape(body)}\n[dim]-> {escape(observation[:300])}[/dim]" if observation else escape(body)
 
 
-def show(run_dir: Path, task_id: str | None = None, console: Console | None = None) -> int:
-    console = console or Console()
-    records = read_jsonl(run_dir / "mps.jsonl")
-    if not records:
-        console.print(f"error: {run_dir} has no mps.jsonl yet: run `python score.py mps` first", highlight=False)
+def known_ids(records: list[dict], shown: int = 5) -> str:
+    """A few task ids of `records`, to pick from after a mistyped one."""
+    ids = list(dict.fromkeys(r["task_id"] for r in records))
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def eval_labels(run_dir: Path) -> list[str]:
+    """The evaluations with records (eval/<label>.jsonl), in the order the loop runs them, then the others."""
+    found = sorted(path.stem for path in (run_dir / "eval").glob("*.jsonl"))
+    order = [label for label, _ in EVAL_ROWS]
+    return sorted(found, key=lambda label: (order.index(label) if label in order else len(order), label))
+
+
+def mps_command(run_dir: Path) -> str | None:
+    """The command that runs MPS in this run (None for an imitation run, which has none): `--run NAME`
+    and every option of its config.json that differs from what the command would take anyway, so the
+    run resumes instead of being refused for changed settings, or a fresh run being started."""
+    import dataclasses
+    import shlex
+    import score  # the config's fields, their defaults and the presets
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("method") == "imitation":
+        return None
+    fields = {f.name: f.default for f in dataclasses.fields(score.Config)}
+    try:  # what the preset fills in for options left unset (n, max_steps, ...)
+        baseline = dataclasses.asdict(score.resolve(score.Config(preset=saved.get("preset", "cpu"))))
+    except Exception:  # an unknown preset (an older run): compare with the plain defaults
+        baseline = dict(fields)
+    baseline["preset"] = fields["preset"]  # "auto" may resolve otherwise elsewhere: the preset is always given
+    words = ["python", "score.py", *(["mps"] if "bc" in finished_phases(run_dir) else ["--phases", "bc,mps"]),
+             "--run", run_dir.name]
+    if Path(run_dir).parent != Path("runs"):
+        words += ["--runs-dir", str(Path(run_dir).parent)]
+    for name, value in saved.items():
+        if name not in fields or name in ("phases", "run", "runs_dir", "label") or value is None:
+            continue  # (None: left to the preset, as the first command left it)
+        if value != baseline.get(name):
+            option = "--" + name.replace("_", "-")
+            words += [option] if value is True else [option, str(value)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def run_contents(run_dir: Path) -> str:
+    """What a run holds so far, in one line: its finished phases and its evaluations."""
+    phases, labels = finished_phases(run_dir), eval_labels(run_dir)
+    return (f"finished phases: {', '.join(phases) or 'none'}; "
+            f"evaluations: {', '.join(labels) or 'none'}")
+
+
+def no_mps_text(run_dir: Path) -> str:
+    """Why a run has no MPS episode yet, and the command that would write them for it."""
+    command = mps_command(run_dir)
+    if command is None:
+        return (f"{run_dir.name} has no MPS episodes: it trains by imitation only (--method imitation), which has "
+                f"no MPS phase ({run_contents(run_dir)})")
+    return (f"{run_dir.name} has no MPS episodes yet (no mps.jsonl; {run_contents(run_dir)}); "
+            f"they come from: {command}")
+
+
+def evaluations_table(run_dir: Path, labels: list[str]) -> Table:
+    """One row per evaluation with records: its test tasks, mean score and shares, and whether its
+    summary (eval/<label>.json, written when it completes) exists."""
+    table = Table(title=escape(f"{run_dir.name}: evaluations (show one with: python score.py show {run_dir} --eval LABEL)"))
+    for column in ("label", "tasks", "score", "correct", "finished", "complete"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label in labels:
+        records = list({r["task_id"]: r for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl")}.values())
+        n = len(records) or 1
+        table.add_row(escape(label), str(len(records)), f"{sum(float(r.get('score') or 0) for r in records) / n:.2f}",
+                      f"{sum(bool(r.get('correct')) for r in records) / n:.0%}",
+                      f"{sum(bool(r.get('finished')) for r in records) / n:.0%}",
+                      "yes" if (run_dir / "eval" / f"{label}.json").exists() else "no (stopped or running)")
+    return table
+
+
+def task_panel(record: dict, title: str) -> Panel:
+    return Panel(f"{escape(record['question'])}\n[bold]reference answer:[/bold] {escape(str(record['reference_answer']))}",
+                 title=escape(title))
+
+
+def print_steps(record: dict, console: Console) -> None:
+    """An episode's steps, teacher steps marked T, and how it ended."""
+    for step in record["steps"]:
+        marker = "T" if step["author"] == "teacher" else " "
+        console.print(f"{marker} {step['index']:>2} {step['kind']:<6} " + step_text(step).replace("\n", "\n            "))
+    console.print(f"final answer: {record.get('final_answer')!r}  correct: {record.get('correct')}  "
+                  f"end: {record.get('end_reason')}", highlight=False, markup=False)
+
+
+def show_eval(run_dir: Path, label: str, task_id: str | None, console: Console) -> int:
+    """An evaluation's episodes (eval/<label>.jsonl), or one of them step by step."""
+    labels = eval_labels(run_dir)
+    if label not in labels:
+        console.print(f"error: no evaluation {label!r} in {run_dir} (evaluations there: {', '.join(labels) or 'none'})",
+                      highlight=False, markup=False)
         return 2
+    records = list({r["task_id"]: r for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl")}.values())
     if task_id is None:
-        table = Table(title=f"{run_dir.name}: MPS episodes (show one with: python score.py show {run_dir} TASK_ID)")
-        for column in ("task id", "split", "steps", "corrections", "outcome"):
+        table = Table(title=escape(f"{run_dir.name}: evaluation {label}, {len(records)} episodes (show one with: "
+                                   f"python score.py show {run_dir} --eval {label} TASK_ID)"))
+        for column in ("task id", "task set", "steps", "answer", "score", "correct", "end reason"):
             table.add_column(column)
         for r in records:
-            table.add_row(r["task_id"], r["split"], str(len(r["steps"])), str(len(r["corrections"])), outcome(r))
+            answer = r.get("final_answer")
+            table.add_row(escape(r["task_id"]), escape(r.get("task_set", "")), str(len(r.get("steps", []))),
+                          "-" if answer is None else escape(str(answer)[:40]), f"{float(r.get('score') or 0):.2f}",
+                          str(r.get("correct")), escape(r.get("end_reason", "")))
         console.print(table)
         return 0
     matches = [r for r in records if r["task_id"] == task_id]
     if not matches:
-        console.print(f"error: no episode {task_id!r} in {run_dir}/mps.jsonl", highlight=False)
+        console.print(f"error: no episode {task_id!r} in {run_dir}/eval/{label}.jsonl (known ids: {known_ids(records)})",
+                      highlight=False, markup=False)
         return 2
     record = matches[-1]
-    console.print(Panel(f"{record['question']}\n[bold]reference answer:[/bold] {record['reference_answer']}",
-                        title=f"{task_id} ({record['split']}): {outcome(record)}"))
+    console.print(task_panel(record, f"{task_id} ({record.get('task_set', '')}), evaluation {label}: "
+                                     + ("correct" if record.get("correct") else "not correct")))
+    print_steps(record, console)
+    return 0
+
+
+def show(run_dir: Path, task_id: str | None = None, console: Console | None = None, label: str | None = None) -> int:
+    """The audit view of one run directory: MPS episodes (or, with `label`, an evaluation's), or one
+    episode step by step. Returns the exit code: 2 for something the user asked that is not there."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if label is not None:
+        return show_eval(run_dir, label, task_id, console)
+    records = read_jsonl(run_dir / "mps.jsonl")
+    if task_id is None:
+        if records:
+            table = Table(title=escape(f"{run_dir.name}: MPS episodes (show one with: python score.py show {run_dir} TASK_ID)"))
+            for column in ("task id", "split", "steps", "corrections", "outcome"):
+                table.add_column(column)
+            for r in records:
+                table.add_row(escape(r["task_id"]), r["split"], str(len(r["steps"])), str(len(r["corrections"])),
+                              escape(outcome(r)))
+            console.print(table)
+        else:
+            console.print(no_mps_text(run_dir), highlight=False, markup=False, soft_wrap=True)
+        labels = eval_labels(run_dir)
+        if labels:
+            console.print(evaluations_table(run_dir, labels))
+        return 0
+    matches = [r for r in records if r["task_id"] == task_id]
+    if not matches:
+        in_evals = [label for label in eval_labels(run_dir)
+                    if any(r["task_id"] == task_id for r in read_jsonl(run_dir / "eval" / f"{label}.jsonl"))]
+        where = (f"; it is in evaluation {in_evals[0]}: python score.py show {run_dir} --eval {in_evals[0]} {task_id}"
+                 if in_evals else "")
+        if not records:
+            console.print(f"error: {no_mps_text(run_dir)}{where}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            console.print(f"error: no episode {task_id!r} in {run_dir}/mps.jsonl (known ids: {known_ids(records)}){where}",
+                          highlight=False, markup=False, soft_wrap=True)
+        return 2
+    record = matches[-1]
+    console.print(task_panel(record, f"{task_id} ({record['split']}): {outcome(record)}"))
     for number, correction in enumerate(record["corrections"], start=1):
         verdict = correction["verdict"]
         console.print(f"[bold]correction {number}[/bold]: first error at step {correction['k']} "
-                      f"({'valid' if correction.get('valid') else 'not valid'})\n  analysis: {verdict['analysis']}")
+                      f"({'valid' if correction.get('valid') else 'not valid'})\n  analysis: {escape(str(verdict['analysis']))}")
         if correction.get("wrong_step") and correction.get("teacher_step"):
             side = Table(show_header=True, expand=True)
             side.add_column(f"student's step {correction['k']} (wrong)")
@@ -89,12 +230,48 @@ def show(run_dir: Path, task_id: str | None = None, console: Console | None = No
             side.add_row(step_text(correction["wrong_step"]), step_text(correction["teacher_step"]))
             console.print(side)
     console.print("[bold]final trajectory[/bold]")
-    for step in record["steps"]:
-        marker = "T" if step["author"] == "teacher" else " "
-        console.print(f"{marker} {step['index']:>2} {step['kind']:<6} " + step_text(step).replace("\n", "\n            "))
-    console.print(f"final answer: {record.get('final_answer')!r}  correct: {record.get('correct')}  "
-                  f"end: {record.get('end_reason')}")
+    print_steps(record, console)
     return 0
+
+
+def find_run(run: str, runs_dir: Path) -> tuple[Path | None, str]:
+    """(the run directory RUN names, "") or (None, why not): a directory, or a name under runs_dir."""
+    if Path(run).is_dir():
+        run_dir = Path(run)
+    else:
+        run_dir = runs_dir / run
+        if not run_dir.is_dir():
+            if not runs_dir.is_dir():
+                return None, f"no run {run} under {runs_dir}/ ({runs_dir}/ does not exist here; --runs-dir names another)"
+            names = sorted(d.name for d in runs_dir.iterdir() if (d / "config.json").exists())
+            listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            return None, f"no run {run} under {runs_dir}/ (" + (f"runs there: {listed})" if names else "it holds no run yet)")
+    if not any((run_dir / name).exists() for name in ("config.json", "phases.json", "mps.jsonl", "eval")):
+        return None, f"{run_dir} is not a run directory (no config.json, phases.json, mps.jsonl or eval/)"
+    return run_dir, ""
+
+
+def show_main(argv: list[str], console: Console | None = None) -> int:
+    """`python score.py show ...`: parse show's own arguments, then show. Exit code 2 for a user's mistake."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="score.py show", description="The audit view of a run: its MPS episodes and evaluations, or one "
+                                          "episode step by step (the first error, the verdict, the teacher's step).")
+    parser.add_argument("run", help="a run name under --runs-dir, or a run directory")
+    parser.add_argument("task_id", nargs="?", help="one episode, by task id: of MPS, or of the evaluation --eval names")
+    parser.add_argument("--eval", dest="label", metavar="LABEL",
+                        help="an evaluation's episodes (eval/LABEL.jsonl: base, teacher, bc, sft, rl, ...) instead of MPS")
+    parser.add_argument("--runs-dir", default="runs", help="where run directories live (default: runs)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error that argparse has already printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    console = console or Console()
+    run_dir, problem = find_run(args.run, Path(args.runs_dir))
+    if run_dir is None:
+        console.print(f"error: {problem}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    return show(run_dir, args.task_id, console, label=args.label)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,17 +305,38 @@ def finished_share(summary: dict) -> str:
     return f"{sum(row.get('finished', 0.0) * row.get('n', 0) for row in rows) / total:.0%}"
 
 
-def read_evaluations(run_dir: Path) -> list[tuple[str, dict]]:
+def skipped_reason(entry) -> str | None:
+    """Why a phase of phases.json trained nothing ("" when it does not say), or None if it trained:
+    score.py records such a phase with "trained": false, and with "skipped": "reason"."""
+    if not isinstance(entry, dict) or (entry.get("trained") is not False and not entry.get("skipped")):
+        return None
+    return str(entry.get("skipped") or "")
+
+
+def row_name(label: str, phases: dict) -> str:
+    """The name of an evaluation's row. "after BC" claims a student trained by BC: when phases.json
+    says that phase was skipped, an eval/bc.json (one a user ran with --label bc, say) is shown
+    under its label instead, with the reason, never as a trained student."""
+    name = dict(EVAL_ROWS).get(label, label)
+    reason = skipped_reason(phases.get(label)) if label in TRAINING_PHASES else None
+    if reason is not None:
+        name = f"eval {label} ({label} skipped{': ' + reason if reason else ''}; no student trained by it)"
+    return name
+
+
+def read_evaluations(run_dir: Path, phases: dict | None = None) -> list[tuple[str, dict]]:
     """(row name, summary) for each eval/<label>.json that exists, in the order the loop runs them,
     then the held-out evaluations (eval/heldout-<label>.json, written by `score.py compare`: the
     same student on a task family it never trained on). The reference teacher knows every task's
     reference solution, so its row says "oracle"."""
+    phases = finished_phases(run_dir) if phases is None else phases
     found = []
     for prefix, suffix in (("", ""), ("heldout-", ", held-out")):
-        for label, name in EVAL_ROWS:
+        for label, _ in EVAL_ROWS:
             path = run_dir / "eval" / f"{prefix}{label}.json"
             if path.exists():
                 summary = json.loads(path.read_text())
+                name = row_name(label, phases)
                 found.append((name + suffix + (" (oracle)" if summary.get("oracle") else ""), summary))
     return found
 
@@ -176,7 +374,7 @@ def changes_table(run_dir: Path) -> tuple[list[str], list[list[str]]]:
     is read task by task: in each task set, how many tasks scored higher (+) and lower (-) than in the
     evaluation before, and the sign test's p on them. Intervals of two rows can overlap while such a
     paired change is clear, and the other way round."""
-    names = dict(EVAL_ROWS)
+    phases = finished_phases(run_dir)
     present = [label for label in ("base", "bc", "sft", "rl") if (run_dir / "eval" / f"{label}.jsonl").exists()]
     rows, task_sets = [], {}
     for before, after in zip(present, present[1:]):
@@ -188,17 +386,19 @@ def changes_table(run_dir: Path) -> tuple[list[str], list[list[str]]]:
             counts[0] += change > 0
             counts[1] += change < 0
         task_sets.update(dict.fromkeys(sorted(by_set)))
-        rows.append((f"{names[before]} -> {names[after]}", by_set))
+        rows.append((f"{row_name(before, phases)} -> {row_name(after, phases)}", by_set))
     headers = ["change", *task_sets]
     return headers, [[name, *(f"+{by_set[t][0]} -{by_set[t][1]} (p={sign_test(*by_set[t]):.2g})"
                                if t in by_set else "-" for t in task_sets)] for name, by_set in rows]
 
 
 def counts_text(counts: dict) -> str:
-    """A phase's counts other than its wall time and teacher calls, e.g. "tasks=6, trained=True"."""
-    shown = []
+    """A phase's counts other than its wall time and teacher calls, e.g. "tasks=6, trained=True";
+    a phase that trained nothing starts with "skipped (reason)"."""
+    reason = skipped_reason(counts)
+    shown = [] if reason is None else [f"skipped ({reason})" if reason else "skipped"]
     for key, value in counts.items():
-        if key in ("wall_s", "teacher_calls"):
+        if key in ("wall_s", "teacher_calls") or (reason is not None and key in ("trained", "skipped")):
             continue
         shown.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
     return ", ".join(shown) or "-"
@@ -291,8 +491,8 @@ def final_report(run_dir: Path, console: Console | None = None) -> str:
     metrics.jsonl has any) and return the markdown. Missing files leave their rows out."""
     console = console or Console()
     run_dir = Path(run_dir)
-    evaluations = read_evaluations(run_dir)
     phases = finished_phases(run_dir)
+    evaluations = read_evaluations(run_dir, phases)
     eval_headers, eval_rows = evaluation_table(evaluations)
     phase_headers, phase_rows = phase_table(phases)
     change_headers, change_rows = changes_table(run_dir)
@@ -317,7 +517,11 @@ def final_report(run_dir: Path, console: Console | None = None) -> str:
     lines += [markdown_table(phase_headers, phase_rows) if phase_rows else "No training phase has finished yet.", ""]
     if curves is not None:
         lines += ["## Training curves", "", f"![training curves]({curves.name})", ""]
+    # What the run holds on disk (checkpoints are most of it; hard links shared with a branch count once).
+    size_line = f"run directory: {run_dir}, {human_size(run_size(run_dir))}"
+    lines += [size_line, ""]
     text = "\n".join(lines)
     write_atomic(run_dir / "report.md", text)
     console.print(f"report: {run_dir / 'report.md'}" + (f", curves: {curves}" if curves else ""), highlight=False)
+    console.print(size_line, highlight=False)
     return text

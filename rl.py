@@ -86,8 +86,8 @@ from torch.utils.checkpoint import checkpoint
 
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
 from bench.graders import is_correct
-from runs import (append_jsonl, find_training_state, git_commit, load_training_state, save_training_state,
-                  write_json_atomic)
+from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
+                  remove_temporaries, save_training_state, write_json_atomic)
 from student import Student, token_logprobs
 
 
@@ -697,6 +697,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     fingerprint = derive_seed([s.key for s in starts], rollout_config.max_steps, rollout_config.max_new_tokens,
                               rollout_config.max_context_tokens)
     ckpt_path, start_update, finished_before = out_dir / "checkpoint", 0, False
+    for directory in (out_dir, ckpt_path):  # what a save killed half way left (checkpoint.tmp*, final.tmp*, ...)
+        remove_temporaries(directory)
     found = find_training_state(ckpt_path)
     if found is not None:
         saved = json.loads((found / "state.json").read_text())
@@ -768,10 +770,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
         from sft import save_final
         save_final(out_dir, student.model, student.tokenizer)
         write_json_atomic(out_dir / "summary.json", summary)
-        state_path = ckpt_path / "state.json"  # keep the trained tensors, drop the optimiser state
-        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "finished": True})
-        for name in ("optimizer.pt", "rng.pt"):
-            (ckpt_path / name).unlink(missing_ok=True)
+        finish_training_state(ckpt_path)  # keep the trained weights once, drop the optimiser state
     console.print(f"rl: {start_update}/{len(plan)} updates, {summary['train_wall_s']:.0f} s"
                   + (f" -> {out_dir}" if finished else " (stopped early; re-run to resume)"))
     return summary

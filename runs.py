@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +25,34 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """A run cannot start or resume with this config: printed as one line."""
+
+
+# A run name becomes one directory under runs/, so it must be a plain name: a path ("../../etc", "..")
+# would put the run's files, reference answers included, somewhere else.
+RUN_NAME_RULE = ("a run name is a plain name: ASCII letters, digits, '-', '_' and '.', at most 100 characters, "
+                 "not starting with '.' or '-'")
+RUN_NAME_MAX_CHARS = 100
+
+
+def check_run_name(name: str) -> None:
+    """Raise ConfigError, in one line, unless `name` is a plain run name (RUN_NAME_RULE)."""
+    bad = sorted(set(re.sub(r"[A-Za-z0-9._-]", "", name)))
+    if not name:
+        problem = "it is empty (leave --run out for the default name)"
+    elif "/" in name or "\\" in name or os.sep in name:
+        problem = "it is a path, not a name"
+    elif name in (".", ".."):
+        problem = "it names the directory itself or its parent, not a run"
+    elif bad:
+        problem = "it contains " + " ".join(repr(c) for c in bad[:5])
+    elif name[0] in ".-":
+        problem = "a leading '.' hides the directory" if name[0] == "." else "a leading '-' reads as an option"
+    elif len(name) > RUN_NAME_MAX_CHARS:
+        problem = f"it has {len(name)} characters"
+    else:
+        return
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    raise ConfigError(f"run name {shown!r}: {problem}; {RUN_NAME_RULE}")
 
 
 def config_hash(config, operational: set[str]) -> str:
@@ -36,9 +65,13 @@ def open_run(run_dir: Path, config, operational: set[str]) -> None:
     """Write config.json on first use; on resume refuse if a result-affecting field changed.
 
     The run directory is the owner's alone (mode 0700): it holds reference answers, and the code
-    sandbox's own uid (tools.py, a root host) must not read them even where no bwrap hides them."""
+    sandbox's own uid (tools.py, a root host) must not read them even where no bwrap hides them.
+    Temporary files left by a killed process are removed here (remove_temporaries)."""
+    check_run_name(run_dir.name)  # the last guard: nothing is created outside the runs directory
     run_dir.mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o700)
+    for directory in (run_dir, run_dir / "eval", run_dir / "samples"):
+        remove_temporaries(directory)
     path = run_dir / "config.json"
     current = dataclasses.asdict(config)
     if not path.exists():
@@ -55,7 +88,7 @@ def open_run(run_dir: Path, config, operational: set[str]) -> None:
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write under a temporary name, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)  # a name remove_temporaries knows
     with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     os.chmod(tmp, 0o644)  # mkstemp makes files private; run files are meant to be read by others
@@ -64,6 +97,53 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 def write_json_atomic(path: Path, value) -> None:
     write_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+# What a killed writer leaves behind: "<name>.tmp<random>" (write_atomic, save_training_state,
+# sft.save_final), "<name>.tmp" (score.py's MPS outputs), and "<name>.<8 random characters>" of
+# write_atomic before it named its files ".tmp" (only after the extensions it writes).
+TEMPORARY_NAME = re.compile(r".+\.tmp[a-z0-9_]*|.+\.(json|jsonl|md|png)\.[a-z0-9_]{8}")
+
+
+def remove_temporaries(directory: Path) -> list[str]:
+    """Remove the temporary files and directories a killed writer left directly in `directory`
+    (not below it); returns their names. Only writers of this package make such names, and a run
+    directory has one writer at a time, so what matches is a leftover, never a write in progress."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for item in sorted(directory.iterdir()):
+        if not TEMPORARY_NAME.fullmatch(item.name):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        removed.append(item.name)
+    return removed
+
+
+def run_size(run_dir: Path) -> int:
+    """Bytes of the files under run_dir, a file with several hard links counted once (--init-from
+    links checkpoints, so a branch holds no second copy of the weights). Symlinks are not followed."""
+    seen, total = set(), 0
+    for root, _, names in os.walk(run_dir):
+        for name in names:
+            info = os.lstat(os.path.join(root, name))
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def human_size(num_bytes: int) -> str:
+    """Bytes in decimal units as a reader takes them in: "812 B", "4.2 kB", "538 MB", "1.1 GB"."""
+    value = float(num_bytes)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 999.5 or unit == "TB":  # (999.7 MB reads as 1.0 GB)
+            break
+        value /= 1000
+    return f"{num_bytes} B" if unit == "B" else f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -142,11 +222,60 @@ def find_training_state(path: Path) -> Path | None:
     return next((c for c in (path, path.with_name(path.name + ".old")) if (c / "state.json").exists()), None)
 
 
+def saved_weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model saved by save_pretrained: one file, or the shards its index
+    names ([] when there are none: a LoRA adapter, or nothing saved yet)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        return [model_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").exists() else []
+
+
+def finish_training_state(path: Path, drop: tuple[str, ...] = ("optimizer.pt", "scheduler.pt", "rng.pt")) -> None:
+    """Mark the state at `path` finished, once the final model is saved beside it (path.parent):
+    a finished run keeps only what restores its trained weights. The optimiser state goes. And when
+    the final model's safetensors hold every trainable tensor under its own name and shape (full
+    fine-tuning: the trainable tensors are the model), trainable.pt would be a second copy of the
+    weights (538 MB for SmolLM2-135M): it goes too, and state.json points at the saved model
+    instead. A LoRA adapter is named differently in the saved files and is small: it stays.
+    Restoring from the saved model is exact: it holds the weights in the dtype the trained model is
+    handed back in (sft.py casts back to it; rl.py trains and saves in fp32)."""
+    import torch
+    from safetensors import safe_open
+    state = json.loads((path / "state.json").read_text())
+    state["finished"] = True
+    files = saved_weight_files(path.parent)
+    trainable_path = path / "trainable.pt"
+    if files and trainable_path.exists():
+        shapes = {}
+        for file in files:  # the headers only: names and shapes, no tensor is read
+            with safe_open(str(file), "pt") as f:
+                shapes.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+        trainable = torch.load(trainable_path, map_location="cpu", mmap=True)  # mmap: shapes without reading
+        if all(shapes.get(name) == list(t.shape) for name, t in trainable.items()):
+            state["weights_in"] = [f.name for f in files]  # relative to path.parent
+        del trainable
+    write_json_atomic(path / "state.json", state)  # first: a crash after it still has the weights
+    for name in drop + (("trainable.pt",) if "weights_in" in state else ()):
+        (path / name).unlink(missing_ok=True)
+
+
 def load_training_state(path: Path, model, optimizer, scheduler=None) -> dict:
     """Restore what save_training_state wrote; tensors are loaded onto the CPU first, then copied in.
-    With optimizer None only the weights are restored (a finished run)."""
+    With optimizer None only the weights are restored (a finished run): from trainable.pt, or from
+    the final model's files that finish_training_state pointed state.json at."""
     import torch
-    missing, unexpected = model.load_state_dict(torch.load(path / "trainable.pt", map_location="cpu"), strict=False)
+    state = json.loads((path / "state.json").read_text())
+    if (path / "trainable.pt").exists():
+        tensors = torch.load(path / "trainable.pt", map_location="cpu")
+    elif state.get("weights_in"):
+        from safetensors.torch import load_file
+        tensors = {}
+        for name in state["weights_in"]:
+            tensors.update(load_file(str(path.parent / name), device="cpu"))
+    else:
+        raise ValueError(f"checkpoint {path} holds no weights (no trainable.pt, no saved model named)")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or {n for n, p in model.named_parameters() if p.requires_grad} & set(missing):
         raise ValueError(f"checkpoint {path} does not match this model (LoRA vs full weights?)")
     if optimizer is not None:
@@ -158,7 +287,7 @@ def load_training_state(path: Path, model, optimizer, scheduler=None) -> dict:
         random.setstate(rng["python"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
+    return state
 
 
 def git_commit() -> str:

@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from agent import Trajectory, derive_seed, render_ids
-from runs import (append_jsonl, find_training_state, git_commit, load_training_state, save_training_state,
-                  write_json_atomic)
+from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
+                  remove_temporaries, save_training_state, write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,9 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     # 3. Resume: same data and settings, or refuse.
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL}
     start, ckpt_path, already_finished = 0, out_dir / "checkpoint", False
+    if accelerator.is_main_process:  # what a save killed half way left (checkpoint.tmp*, final.tmp*, ...)
+        for directory in (out_dir, ckpt_path):
+            remove_temporaries(directory)
     found = find_training_state(ckpt_path)
     if found is not None:
         saved = json.loads((found / "state.json").read_text())
@@ -458,11 +461,8 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
         save_final(out_dir, student.model, student.tokenizer)
         write_json_atomic(out_dir / "summary.json", summary)
         # Mark the checkpoint finished last: a finished phase keeps its trained weights (a re-run
-        # restores them) but drops the optimiser state, the largest file.
-        state_path = ckpt_path / "state.json"
-        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "finished": True})
-        for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
-            (ckpt_path / name).unlink(missing_ok=True)
+        # restores them) once, and drops the optimiser state, the largest file.
+        finish_training_state(ckpt_path)
     accelerator.wait_for_everyone()
     console.print(f"{label}: {start}/{num_updates} updates, final loss {summary['final_loss']:.4f}, {wall_s:.0f} s"
                   + (f" -> {out_dir}" if start == num_updates else " (stopped early; re-run to resume)"))
