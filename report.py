@@ -262,8 +262,8 @@ def show_main(argv: list[str], console: Console | None = None) -> int:
     parser.add_argument("--eval", dest="label", metavar="LABEL",
                         help="an evaluation's episodes (eval/LABEL.jsonl: base, teacher, bc, sft, rl, ...) instead of MPS")
     parser.add_argument("--runs-dir", default="runs", help="where run directories live (default: runs)")
-    try:
-        args = parser.parse_args(argv)
+    try:  # intermixed: `show RUN --eval LABEL TASK_ID` has its task id after the option
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error that argparse has already printed (2)
         return exc.code if isinstance(exc.code, int) else 2
     console = console or Console()
