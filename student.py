@@ -29,7 +29,9 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -197,10 +199,68 @@ def resolve_model_path(name: str) -> str:
         if not os.path.exists(target):
             raise StudentError(f"student GGUF file not found: {target}")
         return str(convert_gguf(Path(target), cache_root() / Path(target).stem))
-    if os.path.sep in target and not os.path.exists(target) and target.count("/") != 1:
+    if os.path.sep in target and not os.path.exists(target) and (target.count("/") != 1 or target.startswith(("/", "."))):
         raise StudentError(f"student not found: {target} is neither a preset ({', '.join(STUDENT_PRESETS)}), "
                            "a local directory, nor a hub id")
     return target  # a hub id: from_pretrained fetches it, or fails with a clear error below
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name, as the hub spells repository ids
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection within timeout_s (False under HF_HUB_OFFLINE=1).
+    The hub library retries an unreachable hub for over a minute before it fails; this says it at once."""
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Make the hub library use its local cache only, without retries (it reads the flag at each call)."""
+    from huggingface_hub import constants
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
+def check_student(name: str) -> None:
+    """Before any work: the student names something loadable, or one StudentError line says why.
+    A hub id must be in the local cache or the hub must answer (checked in seconds); when the hub does
+    not answer but the model is cached, the run goes on offline instead of retrying the hub."""
+    target = STUDENT_PRESETS.get(name, name)
+    if target.startswith("gguf:"):
+        offline_gguf_path()  # raises if the package or its file is missing
+        return
+    if target.endswith(".gguf"):
+        if not os.path.isfile(target):
+            raise StudentError(f"student GGUF file not found: {target}")
+        return
+    if os.path.exists(target):
+        if not (Path(target) / "config.json").is_file():
+            raise StudentError(f"--student {name}: {target} is not a model directory (it has no config.json)")
+        return
+    looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1 or os.sep != "/" and os.sep in target
+    if looks_like_path:
+        raise StudentError(f"--student {name}: no such directory")
+    if not HUB_ID.fullmatch(target):
+        raise StudentError(f"unknown student {name!r}: use a preset ({', '.join(STUDENT_PRESETS)}), a local model "
+                           "directory, or a hub id such as Qwen/Qwen2.5-7B-Instruct")
+    from huggingface_hub import try_to_load_from_cache
+    cached = isinstance(try_to_load_from_cache(target, "config.json"), str)
+    if hub_reachable():
+        return
+    if not cached:
+        raise StudentError(f"--student {name}: {target} is not in the local hub cache and the hub does not answer "
+                           "(offline, or HF_HUB_OFFLINE=1): download it once with a network, pass a local "
+                           "directory, or use the offline default smol-135m")
+    go_offline()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1106,7 +1106,17 @@ def _load_jsonl(path: Path, split: str, split_jsonl: bool = False) -> list[Task]
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
     rows, seen = [], set()
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#x} at offset "
+                        f"{error.start}); save the file as UTF-8") from None
+    except OSError as error:
+        raise TaskError(f"cannot read task file {path}: {error.strerror}") from None
+    if not text.strip():
+        raise TaskError(f"task file {path} is empty: one JSON object a line, with id, question and answer")
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"

@@ -124,7 +124,7 @@ def test_budget_table_is_printed_at_start(tiny_dir, tmp_path, capsys):
     config = score.parse_args(["--n", "20"])
     rows = {phase: (work, minutes) for phase, work, minutes in score.budget(config)}
     assert list(rows) == list(score.PHASES) and all(m is not None and m > 0 for _, m in rows.values())
-    assert "20 tasks" in rows["bc"][0]  # 40 training tasks x the cpu preset's bc_fraction 0.5
+    assert "18 tasks" in rows["bc"][0]  # the hash split's share of 40 training tasks at bc_fraction 0.5
     imitation = score.parse_args(["--method", "imitation"])
     assert [p for p, _, _ in score.budget(imitation)] == ["eval", "bc"]
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
@@ -267,7 +267,7 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
 
 @pytest.mark.parametrize("argv,needle", [
     (["--teacher-knowledge", "0.5", "--teacher", "smol-135m-q4"], "--teacher-knowledge is the reference teacher's"),
-    (["--teacher-knowledge", "nan"], "is outside [0, 1]"),
+    (["--teacher-knowledge", "nan"], "--teacher-knowledge nan: give a finite number"),
     (["--n-train", "0"], "--n-train 0: give at least 1"),
     (["--sandbox", "docker"], "unknown --sandbox 'docker'"),
 ])
