@@ -25,6 +25,11 @@ Deviations from the paper, with reasons:
   3. Rounds are batched: every active episode advances together (one batched generation per turn),
      and the teacher handles the finished-wrong ones between rounds. Same protocol, less wall time.
 
+A teacher that stops answering (teacher.TeacherUnavailable: its server down after the retries) gives
+no verdict, and its fault is never tagged hard: the episode in flight is not recorded, the episodes
+of the round that need no teacher still are, and the phase stops with the fault; the same command
+then runs the unrecorded episodes again.
+
 Files (DESIGN.md): mps.jsonl (every episode with every verdict and correction, valid or not; resumable
 by task id), then, derived from it once the phase is complete: sft.jsonl (the SFT half's correct final
 trajectories) and keysteps.jsonl (one record per valid correction).
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from agent import RolloutConfig, Start, Step, Trajectory, derive_seed, replay_codes, rollout
+from teacher import TeacherUnavailable
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,9 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
             indexes: dict | None = None, on_round: Callable[[int, int], None] | None = None) -> list[Trajectory]:
     """Run MPS on `tasks` (split: task id -> "sft" | "rl"). `sandbox_factory(corpus)` opens a sandbox
     (corpus: a search index or None). Each episode goes to `on_episode_done` as soon as it is final
-    (the caller appends it to mps.jsonl)."""
+    (the caller appends it to mps.jsonl). TeacherUnavailable is raised after the round it struck in:
+    the episodes that round finished without the teacher are passed on first; the one in flight and
+    the ones waiting for a correction are not, so a rerun does them again."""
     from agent import build_indexes
     indexes = indexes if indexes is not None else build_indexes(tasks)
 
@@ -173,6 +181,7 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
     starts = [Start(task=e.task, seed=e.seed) for e in episodes.values()]
     finished: list[Trajectory] = []
     round_index = 0
+    fault: TeacherUnavailable | None = None  # set when the teacher goes down; raised at the end of that round
     while starts:
         if on_round is not None:
             on_round(round_index, len(starts))
@@ -190,9 +199,17 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
             if not trajectory.finished:
                 hard(trajectory, f"unfinished ({trajectory.end_reason})")
             elif not trajectory.correct:
+                if fault is not None:  # PLUMBING: the teacher is down: not asked again, nothing recorded
+                    continue
                 # 3-6. Finished and wrong: the teacher's verdict and one replacement step.
-                resume = correct_once(episode, teacher, config, rollout_config.max_steps,
-                                      open_sandbox)
+                try:
+                    resume = correct_once(episode, teacher, config, rollout_config.max_steps,
+                                          open_sandbox)
+                except TeacherUnavailable as error:
+                    # A fault, not a verdict: no hard tag, no record (a correction may be half-made).
+                    # The rest of the round is still recorded where it needs no teacher.
+                    fault = error
+                    continue
                 if resume is not None:
                     teacher_step = resume.prefix[-1]
                     if teacher_step.final_answer is not None:  # the teacher step itself ended the episode
@@ -210,6 +227,8 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
             mark_validity(trajectory)
             finished.append(trajectory)
             on_episode_done(trajectory)
+        if fault is not None:  # the episodes waiting for a next round stay unrecorded: a rerun redoes them
+            raise fault
         starts = next_starts
         round_index += 1
     return finished

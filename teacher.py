@@ -25,7 +25,12 @@ Three kinds (DESIGN.md, Models), built by `make_teacher(spec, ...)`:
 LLM verdicts are constrained to a JSON schema whose `first_error_step` is an integer ENUM 0..n (the
 llama.cpp converter ignores minimum/maximum), and every reply is validated whatever the backend. A
 reply that is unusable gets one retry with another seed, then the method returns None (MPS then
-tags the episode hard). Every model call goes through a persistent cache keyed by (model, prompt,
+tags the episode hard). A teacher that does not answer at all is another matter: a server that
+refuses the connection, times out or answers HTTP 5xx / 429 is asked again after short waits
+(TeacherConfig.retry_delays_s), and if it stays down the call raises TeacherUnavailable, a fault and
+not a verdict: MPS records nothing for the episode in flight and stops, and the same command resumes.
+`check_teacher` checks a teacher before any work (the server answers, the file is a GGUF file, the
+preset can be had). Every model call goes through a persistent cache keyed by (model, prompt,
 sampling parameters, seed): a second run with the same cache makes no model call.
 
 Deviations from the paper, with reasons:
@@ -61,7 +66,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import http.client
 import json
+import os
 import re
 import sys
 import threading
@@ -95,6 +102,11 @@ class TeacherError(RuntimeError):
     """A problem the user can fix (missing GGUF file, unknown preset, unreachable hub): one line."""
 
 
+class TeacherUnavailable(TeacherError):
+    """The teacher stopped answering (connection refused, timeouts, HTTP 5xx or 429 after the retries):
+    a fault, not a judgement. Nothing is recorded for the episode in flight; the same command resumes."""
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     temperature: float = 0.9  # verdicts and replacement steps (paper: 0.9)
@@ -104,6 +116,9 @@ class TeacherConfig:
     retries: int = 1  # an unusable reply is asked again once, with another seed
     n_ctx: int = 8192  # llama.cpp context (prompt + reply)
     timeout_s: float = 300.0  # HTTP: one request
+    # HTTP: the waits before each resend of a request the server failed (no connection, timeout, 5xx,
+    # 429); 4 resends over 7.5 s ride out a restart or a short overload, then TeacherUnavailable.
+    retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -124,6 +139,19 @@ class TeacherStats:
     retries: int = 0  # second attempts after an unusable reply
     failures: int = 0  # verdicts / steps / judgements that came back None after the retry
     backend_errors: int = 0  # calls that raised (server down, timeout, context overflow, bad HTTP body)
+    resent: int = 0  # HTTP requests sent again after a connection error, timeout, 5xx or 429
+
+    def __str__(self) -> str:
+        """One line for the console, e.g. "12 calls, 3,400 prompt + 800 completion tokens, 41 s, ..."."""
+        text = (f"{self.calls:,} calls, {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion "
+                f"tokens, {self.seconds:.0f} s, {self.cache_hits:,} cache hits, {self.retries:,} retries, "
+                f"{self.failures:,} failures")
+        # The two fault counters only when something went wrong: a healthy run's line stays short.
+        if self.backend_errors:
+            text += f", {self.backend_errors:,} backend errors"
+        if self.resent:
+            text += f", {self.resent:,} requests resent"
+        return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -673,7 +701,8 @@ class LLMTeacher(Teacher):
     def complete(self, messages: list[dict], params: dict, schema: dict | None) -> Reply:
         raise NotImplementedError
 
-    # PLUMBING: every call goes through the cache; a backend failure is counted, printed once, and None.
+    # PLUMBING: every call goes through the cache; a backend failure is counted, printed once, and None;
+    # a teacher that is down (TeacherUnavailable) is counted and raised.
     def ask(self, messages: list[dict], purpose: str, attempt: int, max_tokens: int, stop: list[str] | None = None,
             schema: dict | None = None, temperature: float | None = None, top_p: float | None = None) -> Reply | None:
         # Explicit randomness (STYLE 5): the seed comes from (teacher seed, purpose, prompt, attempt), so a
@@ -692,6 +721,9 @@ class LLMTeacher(Teacher):
         began = time.perf_counter()
         try:
             reply = self.complete(messages, params, schema)
+        except TeacherUnavailable:  # a fault, not an unusable reply: the caller stops, nothing is cached
+            self.stats.backend_errors += 1
+            raise
         except BackendError as error:
             self.stats.backend_errors += 1
             if not self._warned:  # one line, not one per episode
@@ -858,6 +890,70 @@ def cuda_visible() -> bool:
     return Path("/dev/nvidia0").exists()
 
 
+def other_parts(filename: str) -> list[str]:
+    """Parts 2..N of a multi-part GGUF named by its first part ("name-00001-of-00012.gguf"); else []."""
+    parts = re.fullmatch(r"(.*)-00001-of-(\d{5})\.gguf", filename)
+    return [f"{parts[1]}-{i:05d}-of-{parts[2]}.gguf" for i in range(2, int(parts[2]) + 1)] if parts else []
+
+
+GGUF_MAGIC = b"GGUF"  # the first four bytes of a GGUF file (and of each part of a multi-part one)
+HUB_OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as true in HF_HUB_OFFLINE
+
+
+def check_gguf_file(path: str) -> None:
+    """A GGUF file that exists, can be read and starts with the GGUF magic bytes (a multi-part model:
+    with every part beside the first); a TeacherError otherwise. Reads 4 bytes, never the model."""
+    file = Path(path)
+    if not file.exists():
+        raise TeacherError(f"GGUF file {path} does not exist")
+    if not file.is_file():
+        raise TeacherError(f"teacher {path} is not a file: pass a .gguf file (of a multi-part model, its first part)")
+    try:
+        with open(file, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as error:
+        raise TeacherError(f"cannot read GGUF file {path}: {error.strerror or error}") from None
+    if magic != GGUF_MAGIC:
+        raise TeacherError(f"{path} is not a GGUF file (it does not start with the bytes GGUF)")
+    # llama.cpp loads parts 2..N from beside part 1: a missing one would fail only once loading began.
+    others = other_parts(file.name)
+    missing = [name for name in others if not (file.parent / name).is_file()]
+    if missing:
+        raise TeacherError(f"GGUF file {path} is part 1 of {len(others) + 1}, but {len(missing)} part(s) are not "
+                           f"beside it (the first: {missing[0]})")
+
+
+def preset_files(spec: str) -> tuple[str, list[str]]:
+    """(repo, files) of a hub preset: its pinned file first; for "name-00001-of-00012.gguf" then parts
+    2..12, which are fetched beside the first (llama.cpp loads them all from the first one)."""
+    repo, filename = TEACHER_PRESETS[spec]
+    return repo, [filename] + other_parts(filename)
+
+
+def cached_preset(spec: str) -> tuple[str | None, int]:
+    """(path of the first file, number of files missing) of a hub preset in the local Hugging Face
+    cache: the path only when every file is there. Looks at the disk only, never at the network."""
+    from huggingface_hub import try_to_load_from_cache
+    repo, files = preset_files(spec)
+    found = [try_to_load_from_cache(repo, name) for name in files]
+    paths = [path for path in found if isinstance(path, str)]  # not: None, or a cached "does not exist"
+    missing = len(files) - len(paths)
+    return (paths[0] if not missing else None), missing
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set now (huggingface_hub reads it once, on import, so the environment is asked too)."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in HUB_OFFLINE_VALUES
+
+
+def offline_preset_error(spec: str, missing: int) -> TeacherError:
+    repo, files = preset_files(spec)
+    return TeacherError(f"teacher {spec} is not in the local Hugging Face cache ({missing} of {len(files)} "
+                        f"file(s) of {repo} missing) and the hub is offline (HF_HUB_OFFLINE=1): unset "
+                        f"HF_HUB_OFFLINE to download it, or pass a local file: --teacher /path/to/file.gguf")
+
+
 def load_llama(spec: str, gpu_layers: int, threads: int | None, n_ctx: int, seed: int):
     """A llama_cpp.Llama from a preset or a path; prints where its layers really run."""
     try:
@@ -865,8 +961,8 @@ def load_llama(spec: str, gpu_layers: int, threads: int | None, n_ctx: int, seed
         from llama_cpp import Llama
     except ImportError:
         raise TeacherError("the gguf teacher needs llama-cpp-python: pip install -r requirements.txt") from None
-    if spec not in TEACHER_PRESETS and not Path(spec).is_file():
-        raise TeacherError(f"GGUF file {spec} does not exist")
+    if spec not in TEACHER_PRESETS:
+        check_gguf_file(spec)
     # Say what the build can do, not what was asked for: a CPU-only wheel silently ignores n_gpu_layers.
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     if offload and gpu_layers != 0:
@@ -888,11 +984,16 @@ def load_llama(spec: str, gpu_layers: int, threads: int | None, n_ctx: int, seed
                 return Llama(model_path=str(offline_gguf_path()), **kwargs)
             except StudentError as error:
                 raise TeacherError(str(error)) from None
+        path = spec
         if spec in TEACHER_PRESETS:
-            repo, filename = TEACHER_PRESETS[spec]
-            # "name-00001-of-00012.gguf": fetch parts 2..12 beside the first; llama.cpp then loads all.
-            parts = re.fullmatch(r"(.*)-00001-of-(\d{5})\.gguf", filename)
-            others = [f"{parts[1]}-{i:05d}-of-{parts[2]}.gguf" for i in range(2, int(parts[2]) + 1)] if parts else None
+            # Every part already in the cache: load it from there. from_pretrained lists the repo on the
+            # hub first, even when nothing is left to download, and so fails offline.
+            path, missing = cached_preset(spec)
+        if path is None:  # a hub preset not (wholly) in the cache: download it
+            if hub_offline():
+                raise offline_preset_error(spec, missing)
+            repo, files = preset_files(spec)
+            filename, others = files[0], files[1:] or None
             try:
                 return Llama.from_pretrained(repo, filename, additional_files=others, **kwargs)
             except Exception as error:  # offline, no such file, disk full: all end in one line
@@ -901,9 +1002,9 @@ def load_llama(spec: str, gpu_layers: int, threads: int | None, n_ctx: int, seed
                                    f"{first_line}; without a reachable Hugging Face hub pass a local file: "
                                    f"--teacher /path/to/file.gguf") from None
         try:
-            return Llama(model_path=spec, **kwargs)
+            return Llama(model_path=path, **kwargs)
         except ValueError as error:  # llama.cpp could not read the file
-            raise TeacherError(f"cannot load GGUF file {spec}: {error}") from None
+            raise TeacherError(f"cannot load GGUF file {path}: {error}") from None
 
 
 class GGUFTeacher(LLMTeacher):
@@ -946,27 +1047,83 @@ class GGUFTeacher(LLMTeacher):
 # PLUMBING: the HTTP backend (the standard library's urllib: no new dependency)
 
 
+def api_base(url: str) -> str:
+    """The root of a server's OpenAI API: the URL as given when it ends in /v1, else URL + /v1."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def transport_problem(error: BaseException) -> str:
+    """What failed in a request that got no usable HTTP answer, in a few words ("connection refused",
+    "timed out", "HTTP 503"): the one line a user reads."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code}"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, BaseException):  # an OSError's own words, without its "[Errno 111]"
+        reason = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    text = str(reason)
+    return text[:1].lower() + text[1:]  # "Connection refused" reads as part of the sentence
+
+
+def is_fault(error: urllib.error.HTTPError) -> bool:
+    """An HTTP status that says the server is down or overloaded (5xx, 429 rate limit): send it again.
+    Any other 4xx is about this request (a prompt too long for the context): the reply is unusable."""
+    return error.code >= 500 or error.code == 429
+
+
+# A server that answers these to every request is the wrong server, model or key: no verdict can come.
+REFUSALS = {401: "needs an API key, which this client does not send", 403: "refuses the request",
+            404: "has no such endpoint or model"}
+
+
 class URLTeacher(LLMTeacher):
     """An OpenAI-compatible chat-completions server. Structured output is negotiated once: OpenAI's
     and vLLM's `json_schema`, else llama_cpp.server's `json_object` with a schema, else none (the
-    replies are validated in every case)."""
+    replies are validated in every case). A request the server fails (no connection, a timeout, HTTP
+    5xx or 429) is sent again after each of `config.retry_delays_s`; then TeacherUnavailable."""
     FORMATS = ("json_schema", "json_object", "none")
 
     def __init__(self, url: str, model: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.base = url.rstrip("/") if url.rstrip("/").endswith("/v1") else url.rstrip("/") + "/v1"
+        if not url.startswith(("http://", "https://")):
+            raise TeacherError(f"--teacher-url {url} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
+        self.base = api_base(url)
         self.endpoint = self.base + "/chat/completions"
         self.model = model or self.served_model()
         self.name = self.model_id = f"url:{self.model}"
         self.format_index = 0  # into FORMATS: moves on when the server rejects a response_format
 
+    def wait_or_give_up(self, attempt: int, problem: str) -> None:
+        """PLUMBING: after failed attempt `attempt` (0-based), wait before the next one, or raise
+        TeacherUnavailable once every delay is spent: backoff, so a restarting server is not hammered."""
+        delays = self.config.retry_delays_s
+        if attempt >= len(delays):
+            raise TeacherUnavailable(f"teacher server {self.base} does not answer ({problem}; {attempt + 1} "
+                                     f"attempts over {sum(delays):.1f} s): start it, or drop --teacher-url; "
+                                     f"finished records are kept and the same command resumes")
+        self.stats.resent += 1
+        time.sleep(delays[attempt])
+
     def served_model(self) -> str:
-        """The server's first model (vLLM insists on its name); "default" when it cannot be asked."""
-        try:
-            with urllib.request.urlopen(self.base + "/models", timeout=10) as response:
-                return str(json.loads(response.read())["data"][0]["id"])
-        except Exception:  # down, not JSON, no models: the first request will say what is wrong
-            return "default"
+        """The server's first model (vLLM insists on its name); "default" when the server answers but
+        names none. A server that does not answer raises TeacherUnavailable: the model name is part of
+        every cache key, so guessing "default" for a server that is down would miss the cache later."""
+        for attempt in range(len(self.config.retry_delays_s) + 1):
+            try:
+                with urllib.request.urlopen(self.base + "/models", timeout=min(10.0, self.config.timeout_s)) as response:
+                    return str(json.loads(response.read())["data"][0]["id"])
+            except urllib.error.HTTPError as error:
+                if not is_fault(error):  # no /models endpoint: the first request says what is wrong
+                    return "default"
+                problem = transport_problem(error)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                problem = transport_problem(error)
+            except (ValueError, KeyError, IndexError, TypeError):  # not JSON, no models listed
+                return "default"
+            self.wait_or_give_up(attempt, problem)
+        raise AssertionError("unreachable: wait_or_give_up raises after the last attempt")
 
     def response_format(self, schema: dict) -> dict | None:
         """The schema in the dialect this server accepts (None: send no response_format at all)."""
@@ -987,6 +1144,7 @@ class URLTeacher(LLMTeacher):
         body = {"model": self.model, "messages": messages, **{k: v for k, v in params.items() if k != "stop"}}
         if params["stop"]:
             body["stop"] = params["stop"]
+        attempt = 0  # failed attempts so far (a negotiation step is not one)
         while True:
             body.pop("response_format", None)
             if schema is not None and self.response_format(schema) is not None:
@@ -1001,11 +1159,19 @@ class URLTeacher(LLMTeacher):
                 if "response_format" in body and "response_format" in detail and self.format_index < 2:
                     self.format_index += 1
                     continue
-                raise BackendError(f"HTTP {error.code} from {self.endpoint}: {detail[:200]}") from None
-            except (urllib.error.URLError, TimeoutError, OSError) as error:
-                raise BackendError(f"no reply from {self.endpoint}: {getattr(error, 'reason', error)}") from None
+                if error.code in REFUSALS:  # every request would get the same: a fault, at once
+                    raise TeacherUnavailable(f"teacher server {self.endpoint} {REFUSALS[error.code]} (HTTP "
+                                             f"{error.code}: {' '.join(detail.split())[:160]}): check --teacher-url "
+                                             f"and --teacher (the model name)") from None
+                if not is_fault(error):
+                    raise BackendError(f"HTTP {error.code} from {self.endpoint}: {detail[:200]}") from None
+                problem = f"HTTP {error.code}: {' '.join(detail.split())[:120]}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                problem = transport_problem(error)  # refused, reset, timed out, a reply cut short
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise BackendError(f"{self.endpoint} answered something that is not JSON") from None
+            self.wait_or_give_up(attempt, problem)
+            attempt += 1
         # Valid JSON of the wrong shape is a backend error too: the retry rule then applies.
         try:
             choice, usage = payload["choices"][0], payload.get("usage") or {}
@@ -1039,6 +1205,77 @@ def make_teacher(spec: str, tasks: Sequence = (), cache_path: Path | None = None
         return GGUFTeacher(spec, gpu_layers=gpu_layers, threads=threads, **common)
     raise TeacherError(f"unknown teacher {spec!r}: use reference, a preset ({', '.join(TEACHER_PRESETS)}), "
                        f"a path to a .gguf file, or --teacher-url")
+
+
+def check_server(url: str, timeout_s: float = 5.0) -> None:
+    """An OpenAI-compatible server answers at `url`: a GET of /v1/models (else /health), one short
+    timeout, no resends. A TeacherError that says what failed otherwise."""
+    if not url.startswith(("http://", "https://")):
+        raise TeacherError(f"--teacher-url {url} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
+    base = api_base(url)
+    root, refusals = base.removesuffix("/v1"), []
+    # /v1/models: OpenAI, vLLM, llama_cpp.server; /health (at the root): servers without a model list.
+    for path in ("/v1/models", "/health"):
+        try:
+            with urllib.request.urlopen(root + path, timeout=timeout_s) as response:
+                response.read(1 << 16)
+            return
+        except urllib.error.HTTPError as error:
+            if is_fault(error):  # the server is there but failing
+                raise TeacherError(f"teacher server {base} answers but fails (HTTP {error.code} on {path}): "
+                                   f"check its log, or drop --teacher-url") from None
+            refusals.append(f"HTTP {error.code} on {path}")  # 404 on /v1/models: perhaps it has /health
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            raise TeacherError(f"teacher server {base} does not answer ({transport_problem(error)}): start it "
+                               f"or drop --teacher-url") from None
+    raise TeacherError(f"teacher server {base} answers, but not as an OpenAI-compatible server ({', '.join(refusals)}): "
+                       f"--teacher-url is the server's root or its /v1")
+
+
+def check_preset(spec: str, timeout_s: float = 5.0) -> None:
+    """A preset can be had: the offline GGUF is installed; a hub preset is in the local cache, or the
+    hub answers for its first file (one HEAD, `timeout_s`, no resends). Nothing is downloaded."""
+    if TEACHER_PRESETS[spec] is None:
+        from student import StudentError, offline_gguf_path
+        try:
+            check_gguf_file(str(offline_gguf_path()))
+        except StudentError as error:
+            raise TeacherError(str(error)) from None
+        return
+    cached, missing = cached_preset(spec)
+    if cached is not None:
+        return
+    if hub_offline():
+        raise offline_preset_error(spec, missing)
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    repo, files = preset_files(spec)
+    # The hub library's download retries for minutes when the network is gone; one bounded HEAD knows now.
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, files[0], endpoint=constants.ENDPOINT), timeout=timeout_s)
+    except Exception as error:  # no network, DNS, proxy, 404: all end in one line
+        first_line = str(error).splitlines()[0][:160] if str(error) else ""
+        raise TeacherError(f"teacher {spec} must be downloaded from the Hugging Face hub ({repo}, {missing} of "
+                           f"{len(files)} file(s) not in the local cache), and {constants.ENDPOINT} does not answer "
+                           f"({type(error).__name__}: {first_line}): connect, or pass a local file: "
+                           f"--teacher /path/to/file.gguf") from None
+
+
+def check_teacher(name: str, url: str | None = None, timeout_s: float = 5.0) -> None:
+    """Check a teacher before any work, in seconds, without loading a model: `name` and `url` as
+    make_teacher takes them (--teacher, --teacher-url). `reference` is fine; a URL must answer; a GGUF
+    path must be a GGUF file; a preset must be installed, cached or downloadable now. A one-line
+    TeacherError otherwise, so a wrong teacher is found before minutes of student work, not after."""
+    if url:  # --teacher-url wins, as in make_teacher: the name only names the served model
+        check_server(url, timeout_s)
+    elif name == "reference":
+        return
+    elif name in TEACHER_PRESETS:
+        check_preset(name, timeout_s)
+    elif name.endswith(".gguf") or Path(name).exists():
+        check_gguf_file(name)
+    else:
+        raise TeacherError(f"unknown teacher {name!r}: use reference, a preset ({', '.join(TEACHER_PRESETS)}), "
+                           f"a path to a .gguf file, or --teacher-url")
 
 
 def serve(argv: list[str]) -> None:

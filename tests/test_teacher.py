@@ -18,7 +18,7 @@ import pytest
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step
 from bench.tasks import load_tasks
 from teacher import (TEACHER_PRESETS, GGUFTeacher, LLMTeacher, ReferenceTeacher, Reply, TeacherConfig,
-                     TeacherError, URLTeacher, Verdict, as_fresh_attempt, cpu_has_amx, make_teacher, parse_verdict,
+                     TeacherError, TeacherUnavailable, URLTeacher, Verdict, as_fresh_attempt, cpu_has_amx, make_teacher, parse_verdict,
                      render_steps, shows_checkpoint, verdict_schema)
 from tools import Sandbox
 
@@ -574,15 +574,16 @@ def _reply(text, status=200, delay=0.0):
     return (status, text, delay)
 
 
-@pytest.mark.parametrize("case", ["out_of_range", "invalid_json_body", "not_json_reply", "timeout", "empty_step",
-                                  "step_without_code"])
+@pytest.mark.parametrize("case", ["out_of_range", "invalid_json_body", "not_json_reply", "context_overflow",
+                                  "empty_step", "step_without_code"])
 def test_bad_http_teacher(recipe, case):
-    """Each bad behaviour gives None (never an exception) after exactly one retry. If this broke, one
-    misbehaving server would crash MPS, or retry forever."""
+    """Each bad reply gives None (never an exception) after exactly one retry. If this broke, one
+    misbehaving server would crash MPS, or retry forever. (A server that does not answer, or times out,
+    is a fault instead: tests/test_teacher_faults.py.)"""
     actions = {"out_of_range": [_reply('{"analysis": "a", "first_error_step": 9, "suggestion": "s"}')] * 2,
                "invalid_json_body": [_reply("RAW:<html>oops")] * 2,
                "not_json_reply": [_reply("the first error is step 2")] * 2,
-               "timeout": [_reply("{}", delay=1.5)] * 2,
+               "context_overflow": [_reply("RAW:{'error': 'the prompt does not fit the context'}", status=400)] * 2,
                "empty_step": [_reply("")] * 2,
                "step_without_code": [_reply("<thought>I would scale it.</thought>")] * 2}[case]
     server = _FakeServer(actions)
@@ -594,21 +595,25 @@ def test_bad_http_teacher(recipe, case):
         else:
             assert teacher.verdict(trajectory, recipe.answer) is None
         assert len(server.requests) == 2 and teacher.stats.failures == 1 and teacher.stats.retries == 1
-        assert teacher.stats.backend_errors == (2 if case in ("invalid_json_body", "timeout") else 0)
+        assert teacher.stats.backend_errors == (2 if case in ("invalid_json_body", "context_overflow") else 0)
     finally:
         server.close()
 
 
 def test_http_server_down_then_negotiation(recipe):
-    """A server that is down gives None after two attempts; a server that rejects OpenAI's json_schema
-    (llama_cpp.server answers 500) is asked again with json_object + schema, and the retry after an
-    invalid reply succeeds. If this broke, --teacher-url would not work with llama_cpp.server."""
+    """A server that is down raises TeacherUnavailable (a fault, not a None verdict); a server that rejects
+    OpenAI's json_schema (llama_cpp.server answers 500) is asked again with json_object + schema at once
+    (negotiation, not a resend), and the retry after an invalid reply succeeds. If this broke,
+    --teacher-url would not work with llama_cpp.server."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = URLTeacher(f"http://127.0.0.1:{port}/v1", model="m", tasks=[recipe], config=TeacherConfig(timeout_s=2))
+    down = URLTeacher(f"http://127.0.0.1:{port}/v1", model="m", tasks=[recipe],
+                      config=TeacherConfig(timeout_s=2, retry_delays_s=(0.0,)))
     trajectory = episode(recipe, ["scale = 1\nprint(scale)", "final_answer(1)"])
-    assert down.verdict(trajectory, recipe.answer) is None and down.stats.backend_errors == 2
+    with pytest.raises(TeacherUnavailable, match="connection refused"):
+        down.verdict(trajectory, recipe.answer)
+    assert down.stats.backend_errors == 1 and down.stats.resent == 1 and down.stats.failures == 0
     server = _FakeServer([_reply("RAW:{'detail': 'response_format.type: Input should be json_object'}", status=500),
                           _reply("not json"),
                           _reply('{"analysis": "a", "first_error_step": 2, "suggestion": "s"}')])
@@ -619,6 +624,7 @@ def test_http_server_down_then_negotiation(recipe):
         assert formats == ["json_schema", "json_object", "json_object"]
         assert server.requests[1]["response_format"]["schema"]["properties"]["first_error_step"]["enum"] == [0, 1, 2, 3]
         assert server.requests[1]["seed"] != server.requests[2]["seed"]  # the retry uses another seed
+        assert teacher.stats.resent == 0  # the 500 about response_format was negotiated, never resent
     finally:
         server.close()
 
