@@ -46,7 +46,8 @@ from pathlib import Path
 
 import score
 from report import duration, markdown_table, rich_table, score_cell, sign_test
-from runs import ConfigError, config_hash, finished_phases, git_commit, read_jsonl, write_atomic, write_json_atomic
+from runs import (ConfigError, config_hash, finished_phases, git_commit, make_console, read_jsonl, write_atomic,
+                  write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -531,7 +532,7 @@ def run_compare(request: Request, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = score.make_console()
+    console = make_console()
     argv = sys.argv[1:] if argv is None else argv
     return score.guarded(lambda: run_compare(parse_request(argv), console), console)
 

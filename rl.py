@@ -87,7 +87,7 @@ from torch.utils.checkpoint import checkpoint
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
 from bench.graders import is_correct
 from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
-                  remove_temporaries, save_training_state, write_json_atomic)
+                  make_console, remove_temporaries, save_training_state, write_json_atomic)
 from student import Student, token_logprobs
 
 
@@ -663,10 +663,9 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     state: calling again with the same arguments resumes (or, once finished, restores the weights).
     `stop_after` ends the call after that many updates in total; `on_update` sees each metrics record.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     out_dir, metrics_path, samples_dir = Path(out_dir), Path(metrics_path), Path(samples_dir)
-    console = Console()
+    console = make_console()
     judge = config.key_step_judge
     if judge not in ("signature", "teacher") or (judge == "teacher" and teacher is None):
         raise ValueError("key_step_judge must be 'signature', or 'teacher' with a teacher object")

@@ -85,6 +85,14 @@ def open_run(run_dir: Path, config, operational: set[str]) -> None:
                           "use --run NEW_NAME, or --init-from to branch from it")
 
 
+def make_console(quiet: bool = False):
+    """Rich output. Into a file or a pipe (not a terminal) lines are not hard-wrapped at 80 columns,
+    so an error line or a printed command stays one line that can be searched and pasted."""
+    import sys
+    from rich.console import Console
+    return Console(quiet=quiet) if sys.stdout.isatty() else Console(quiet=quiet, soft_wrap=True, width=160)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write under a temporary name, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

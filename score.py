@@ -28,6 +28,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -878,8 +879,10 @@ def check_gpu_plan(config: Config) -> None:
 
 def run_name(config: Config) -> str:
     from runs import config_hash
-    student = Path(config.student.rstrip("/")).name
-    teacher = Path(config.teacher.rstrip("/")).stem if not config.teacher_url else "url"
+    plain = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-") or "model"  # a plain run name
+    student = plain(Path(config.student).resolve().name if config.student in (".", "..") else
+                    Path(config.student.rstrip("/")).name)
+    teacher = plain(Path(config.teacher.rstrip("/")).stem) if not config.teacher_url else "url"
     return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
 
 
@@ -924,6 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     # student.py first, before anything imports torch: it sets OpenMP's waiting policy (passive), which
     # torch's thread pool reads once when it loads (student.py says why: a busy machine).
     import student  # noqa: F401
+    from runs import make_console
     console = make_console()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID], show RUN --eval LABEL [TASK_ID]
@@ -933,13 +937,6 @@ def main(argv: list[str] | None = None) -> int:
         from compare import main as compare_main
         return compare_main(argv[1:])
     return guarded(lambda: run_loop(parse_args(argv), console), console)
-
-
-def make_console():
-    """Rich output. Into a file or a pipe (not a terminal) lines are not hard-wrapped at 80 columns,
-    so an error line or a printed command stays one line that can be searched and pasted."""
-    from rich.console import Console
-    return Console() if sys.stdout.isatty() else Console(soft_wrap=True, width=160)
 
 
 def quiet_libraries() -> None:

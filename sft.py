@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from agent import Trajectory, derive_seed, render_ids
 from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
-                  remove_temporaries, save_training_state, write_json_atomic)
+                  make_console, remove_temporaries, save_training_state, write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -311,14 +311,13 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     Returns a summary dict (also written to out_dir/summary.json when training is complete).
     """
     from accelerate import Accelerator
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     out_dir, metrics_path = Path(out_dir), Path(metrics_path)
     if config.max_length > config.micro_batch_tokens:
         raise ValueError(f"max_length {config.max_length} must fit one row of micro_batch_tokens {config.micro_batch_tokens}")
     accelerator = Accelerator(cpu=student.device.type == "cpu",
                               mixed_precision="bf16" if config.bf16 and student.device.type == "cuda" else "no")
-    console = Console(quiet=not accelerator.is_main_process)
+    console = make_console(quiet=not accelerator.is_main_process)
 
     # 1. Data: token ids + loss mask per trajectory, then the whole plan of updates.
     eot = end_of_turn_ids(student.tokenizer)

@@ -250,6 +250,7 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     from rich.console import Console
     from runs import open_run
     monkeypatch.setattr(teacher, "ReferenceTeacher", RecordingTeacher)
+    monkeypatch.setattr(score, "OPENED_TEACHERS", [])  # the stand-ins must not reach later tests' cost counts
     RecordingTeacher.made.clear()
     console = Console(file=io.StringIO())
     knowing = score.parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
