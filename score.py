@@ -237,10 +237,19 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"unknown phase {phase!r} in --phases: choose from {', '.join(PHASES)}")
     if len(set(phases)) != len(phases) or phases != sorted(phases, key=PHASES.index):
         raise ConfigError(f"--phases {config.phases}: each phase once, in the loop's order {','.join(PHASES)}")
-    if not all(name.strip() for name in config.tasks.split(",")):
+    names = [name.strip() for name in config.tasks.split(",")]
+    if not all(names):
         raise ConfigError(f"--tasks {config.tasks!r}: an empty task set name")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--tasks {config.tasks}: a task set named twice (its tasks would count twice)")
     if config.run:
         check_run_name(config.run)
+    if config.label:  # it names the files eval/<label>.json(l)
+        try:
+            check_run_name(config.label)
+        except ConfigError:
+            raise ConfigError(f"--label {config.label!r}: a label is a plain name (letters, digits, '-', '_', "
+                              "'.'), as it names the file eval/<label>.jsonl") from None
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
@@ -281,6 +290,8 @@ def check_resources(config: Config) -> None:
     existing = next(p for p in [runs_dir, *runs_dir.absolute().parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--runs-dir {config.runs_dir}: {existing} is not a directory this user can write")
+    if config.teacher_cache and not Path(config.teacher_cache).parent.is_dir():
+        raise ConfigError(f"--teacher-cache {config.teacher_cache}: no directory {Path(config.teacher_cache).parent}")
     if config.init_from and not (init_source(config) / "config.json").exists():
         raise ConfigError(f"--init-from {config.init_from}: no run there (no {init_source(config) / 'config.json'})")
 
