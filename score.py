@@ -783,7 +783,8 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     cpu = hardware(config) == "cpu" and config.student in SMALL_STUDENTS
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
     train_s = config.bc_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"]  # one trajectory, all epochs
-    rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluations + the teacher's",
+    with_teacher = " + the teacher's" if "," in config.phases and "eval" in config.phases else ""
+    rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluation{'s' * (evals > 1)}{with_teacher}",
                      minutes(evals * test * CPU_SECONDS["eval_task"])),
             "bc": (f"teacher solves {bc} tasks; {config.bc_epochs} epochs at lr {config.bc_lr:g}",
                    minutes(bc * train_s)),
