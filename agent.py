@@ -260,7 +260,7 @@ class RolloutConfig:
 @dataclass
 class Start:
     """Where an episode starts: a task, optionally after a prefix of finished steps."""
-    task: object  # bench.tasks.Task
+    task: object  # environment.tasks.Task
     seed: int
     prefix: list[Step] = field(default_factory=list)
     step_limit: int | None = None  # last step index allowed (default: RolloutConfig.max_steps)
@@ -325,7 +325,7 @@ def make_student_step(index: int, sample) -> Step:
 
 
 def grade_trajectory(trajectory: Trajectory, task) -> None:
-    from bench.graders import grade, is_correct
+    from environment.graders import grade, is_correct
     trajectory.score = grade(task.grader, trajectory.final_answer, task.answer)
     trajectory.correct = is_correct(task.grader, trajectory.final_answer, task.answer)
 

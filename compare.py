@@ -17,7 +17,7 @@ No phase is computed twice: score-sft and score are one run (read after sft and 
 arms start from it with --init-from (score.py), which copies the finished phases a changed option does
 not affect: imitation reuses the evaluation before training, outcome and question reuse everything up
 to SCoRe-SFT and train only RL. Each arm's final student is also evaluated on the held-out task sets
-(`arith-heldout`, `lookup-heldout` in bench/tasks.py: other templates, another world) where they exist.
+(`arith-heldout`, `lookup-heldout` in environment/tasks.py: other templates, another world) where they exist.
 
 The directory (runs/compare-<student>-<teacher>-<hash>/, or runs/<--run>/) holds the arms' runs and
 the results; the hash covers every result-affecting option except those the arms set themselves, so
@@ -257,8 +257,8 @@ def quiet():
 
 
 def heldout_sets(config: score.Config) -> list[str]:
-    """The held-out family of each task set in --tasks, where bench/tasks.py has one."""
-    from bench import tasks
+    """The held-out family of each task set in --tasks, where environment/tasks.py has one."""
+    from environment import tasks
     return [f"{name}-heldout" for name in config.tasks.split(",") if f"{name}-heldout" in tasks.TASK_SETS]
 
 
@@ -483,7 +483,7 @@ def write_table(lines: list[dict], directory: Path, console) -> str:
         "## Score per arm and task set", "",
         "Each arm's final student; the per-task scores of every seed pooled (n = tasks x seeds), with a 95% interval. "
         + (f"Held-out sets ({', '.join(tables['heldout'])}) are a test-only family the student never trained on."
-           if tables["heldout"] else "No held-out task set was evaluated (bench/tasks.py has none for these tasks)."),
+           if tables["heldout"] else "No held-out task set was evaluated (environment/tasks.py has none for these tasks)."),
         "", markdown_table(*tables["scores"]), "",
         *(["## Against imitation, task by task", "",
            "Pairs: the same task of the same seed, scored under both arms. Tasks whose score rose (+) and fell (-) "

@@ -85,7 +85,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
-from bench.graders import is_correct
+from environment.graders import is_correct
 from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
                   make_console, remove_temporaries, save_training_state, write_json_atomic)
 from student import Student, token_logprobs
@@ -147,7 +147,7 @@ RL_PRESETS = {
 @dataclass
 class StartState:
     """Where one group of continuations starts."""
-    task: object  # bench.tasks.Task
+    task: object  # environment.tasks.Task
     prefix: list[Step]  # the verified steps 1..k-1, authors kept ([] for a question start)
     k: int  # index of the first step the student generates (1 for a question start)
     teacher_step: Step | None  # the teacher's step k with its observation (key-step starts only)
@@ -780,7 +780,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.tasks import load_tasks
+    from environment.tasks import load_tasks
     from runs import read_jsonl
     from student import load_student
     parser = argparse.ArgumentParser(description="SCoRe-RL: prefix-restart REINFORCE from key-step records.")

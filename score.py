@@ -70,7 +70,7 @@ class Config:
     teacher_knowledge: float = arg(0.0, "share P in [0, 1] of the lookup world's facts and arith's intermediate "
                                         "results that the reference teacher states without searching or computing "
                                         "(privileged knowledge; 0 = the gold, student-feasible path)")
-    split_jsonl: bool = arg(False, "split a .jsonl task file into train and test tasks (bench/tasks.py, "
+    split_jsonl: bool = arg(False, "split a .jsonl task file into train and test tasks (environment/tasks.py, "
                                    "load_tasks split_jsonl) instead of using every row for both")
     # phases 0-1
     bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
@@ -277,7 +277,7 @@ def check_resources(config: Config) -> None:
     for split in splits:
         for name in config.tasks.split(","):
             n = (config.n_train or config.n) if split == "train" else config.n
-            from bench.tasks import load_tasks
+            from environment.tasks import load_tasks
             if not load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl):
                 raise ConfigError(f"--tasks {name.strip()} gives no {split} tasks"
                                   + (" (a .jsonl file: are its rows all of the other split?)" if name.endswith(".jsonl") else ""))
@@ -365,8 +365,8 @@ def rollout_config(config: Config, temperature: float, top_p: float = 1.0):
 
 def load_tasks_for(config: Config, split: str) -> list:
     """The tasks of every set in --tasks for one split: --n test tasks, --n-train (else --n) training
-    tasks per set. The same (sets, split, n, seed) always gives the same tasks (bench/tasks.py)."""
-    from bench.tasks import load_tasks
+    tasks per set. The same (sets, split, n, seed) always gives the same tasks (environment/tasks.py)."""
+    from environment.tasks import load_tasks
     n = (config.n_train or config.n) if split == "train" else config.n
     return [t for name in config.tasks.split(",")
             for t in load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl)]
@@ -908,7 +908,7 @@ DISK_ERRORS = {errno.EACCES: "choose another --runs-dir, or fix its permissions"
 def guarded(work, console) -> int:
     """Run work() -> exit code; a mistake a user can cause ends with one line and exit code 2."""
     import torch
-    from bench.tasks import TaskError
+    from environment.tasks import TaskError
     from runs import ConfigError
     from student import StudentError
     from teacher import TeacherError

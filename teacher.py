@@ -83,8 +83,8 @@ from typing import Sequence
 from agent import (ACTION_FORMAT_ERROR, ACTION_STOP, PLAN_FORMAT_ERROR, PLAN_STOP, SYSTEM_PROMPT, RolloutConfig,
                    Step, Trajectory, derive_seed, format_step, grade_trajectory, parse_action, parse_plan,
                    run_step, to_messages)
-from bench.graders import is_correct, numbers_equal
-from bench.tasks import knowing_plan, knowing_solution, knowing_step
+from environment.graders import is_correct, numbers_equal
+from environment.tasks import knowing_plan, knowing_solution, knowing_step
 
 # PLUMBING: preset -> (Hugging Face repo, file). Multi-part GGUFs pin their first part; the other parts
 # are fetched beside it and llama.cpp loads them all from the first one.
@@ -532,7 +532,7 @@ def knows_nothing(fact: str) -> bool:
 
 
 def self_contained_step(task, position: int, knows=knows_nothing):
-    """METHOD: the step the teacher writes at reference position `position` (bench.tasks.knowing_step:
+    """METHOD: the step the teacher writes at reference position `position` (environment.tasks.knowing_step:
     the reference step, or the facts it knows stated and merged into the next step it does not know),
     made runnable in the student's namespace: first bind the names it reads to the values earlier steps
     showed (RefStep.defines), then its code. `final_answer(x)` becomes `print(x)` unless the step covers

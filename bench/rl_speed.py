@@ -41,7 +41,7 @@ from student import configure_threads, load_student  # noqa: E402  (first: it se
 import torch  # noqa: E402
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step  # noqa: E402
-from bench.tasks import load_tasks  # noqa: E402
+from environment.tasks import load_tasks  # noqa: E402
 from rl import (RLConfig, autocast_dtype, build_row, prepare_model, rl_update, rollout_groups,  # noqa: E402
                 score_groups, select_start_states)
 from tools import Sandbox  # noqa: E402

@@ -34,7 +34,7 @@ from student import Sample, configure_threads, load_student  # noqa: E402  (firs
 import torch  # noqa: E402
 
 from agent import RolloutConfig, Start, build_indexes, derive_seed, render_ids, rollout  # noqa: E402
-from bench.tasks import load_tasks  # noqa: E402
+from environment.tasks import load_tasks  # noqa: E402
 
 
 class GenerateSampler:

@@ -84,7 +84,7 @@ def reference_trajectory(task):
 
 
 def reference_trajectories(n_per_set: int, seed: int, split: str = "train", skip: set | None = None) -> list:
-    from bench.tasks import load_tasks
+    from environment.tasks import load_tasks
     out = []
     for name in ("arith", "lookup"):
         tasks = [t for t in load_tasks(name, split, n_per_set + len(skip or ()), seed) if t.id not in (skip or set())]

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent import ACTION_STOP, RolloutConfig  # noqa: E402
-from bench.tasks import load_tasks  # noqa: E402
+from environment.tasks import load_tasks  # noqa: E402
 from bench.teacher_verdicts import plants, run_case  # noqa: E402
 from teacher import GGUFTeacher, Verdict, make_teacher, verdict_schema  # noqa: E402
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from agent import (ACTION_FORMAT_ERROR, PLAN_FORMAT_ERROR, RolloutConfig, Start, Step, Trajectory, derive_seed,
                    format_step, make_student_step, parse_action, parse_plan, render_ids, render_text, rollout,
                    to_messages)
-from bench.tasks import RefStep, Task
+from environment.tasks import RefStep, Task
 from student import Sample, ScriptedStudent
 
 

@@ -31,9 +31,9 @@ def tiny_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture
 def heldout(monkeypatch):
-    """arith-heldout from bench/tasks.py; where that checkout has none yet, a stand-in with the same
+    """arith-heldout from environment/tasks.py; where that checkout has none yet, a stand-in with the same
     interface (load_tasks("arith-heldout", "test", n, seed)): arith test tasks of another seed."""
-    from bench import tasks
+    from environment import tasks
     if "arith-heldout" in tasks.TASK_SETS:
         return
     real = tasks.load_tasks

@@ -1,4 +1,4 @@
-"""Graders (bench/graders.py): hand-checked cases, near misses included, and token F1 against a
+"""Graders (environment/graders.py): hand-checked cases, near misses included, and token F1 against a
 naive reference. A wrong grader silently corrupts every number the project reports: MPS decides
 which episodes get corrected and RL computes its rewards from these verdicts."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.graders import (exact_match, grade, is_correct, normalize_answer, numbers_equal,
+from environment.graders import (exact_match, grade, is_correct, normalize_answer, numbers_equal,
                            parse_number, token_f1)
 
 
@@ -220,7 +220,7 @@ def test_math_fast_path_leaves_percentages_and_units_to_math_verify(monkeypatch)
     """Breaks: "10\\%" read as the plain number 10 by the fast path, never asking math-verify
     (which knows that 10% is 0.1)."""
     asked = []
-    import bench.graders as graders
+    import environment.graders as graders
     monkeypatch.setattr(graders, "_math_verify_equal", lambda p, r: asked.append((p, r)) or True)
     grade("math", "10\\%", "0.1")
     grade("math", "5 cm", "5")

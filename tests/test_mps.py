@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from agent import RolloutConfig, Step, format_step
-from bench.tasks import RefStep, Task
+from environment.tasks import RefStep, Task
 from mps import MPSConfig, assign_split, derive_outputs, diagnostics, run_mps
 from student import ScriptedStudent
 
@@ -180,7 +180,7 @@ def test_mps_with_the_reference_teacher_on_real_tasks(tokenizer, task_set, plant
     """Planted errors at step 2 of real tasks: the reference teacher names step 2, its self-contained
     replacement runs in the replayed interpreter and shows the reference checkpoint, the student finishes
     correctly, and every episode yields exactly one valid key step with k = 2."""
-    from bench.tasks import load_tasks
+    from environment.tasks import load_tasks
     from teacher import make_teacher
     tasks = load_tasks(task_set, "train", 4, seed=0)
     teacher = make_teacher("reference", tasks=tasks)
@@ -214,7 +214,7 @@ def test_a_full_mps_round_through_llama_cpp(tokenizer, tmp_path):
     gets one verdict call; it ends either corrected (a teacher step at the blamed index, run after a
     replay, with its validity recorded) or hard with one of METHOD.md's reasons; the records and the
     diagnostics are complete, and a second round on the same cache makes no model call."""
-    from bench.tasks import load_tasks
+    from environment.tasks import load_tasks
     from teacher import TeacherConfig, make_teacher
     tasks = load_tasks("arith", "train", 2, seed=0)
     small = TeacherConfig(verdict_max_tokens=256, step_max_tokens=96)

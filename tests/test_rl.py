@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agent import RolloutConfig, Step, Trajectory, format_step, grade_trajectory, render_ids
-from bench.tasks import RefStep, Task
+from environment.tasks import RefStep, Task
 from conftest import make_tiny_student
 from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, group_advantages, group_rewards,
                 micro_batches, normalise_output, pad_left, prepare_model, rl_update, rollout_groups, same_signature,

@@ -279,9 +279,9 @@ def test_knowledge_and_training_size_errors_are_one_line(argv, needle, tmp_path,
 
 
 def test_split_jsonl_reaches_the_task_loader(monkeypatch):
-    """Breaks: --split-jsonl being dropped on the way to bench/tasks.py (a file without split fields
+    """Breaks: --split-jsonl being dropped on the way to environment/tasks.py (a file without split fields
     would then be refused for training although the user asked to split it)."""
-    from bench import tasks
+    from environment import tasks
     calls = []
     monkeypatch.setattr(tasks, "load_tasks", lambda name, split, n=None, seed=0, split_jsonl=False:
                         calls.append((name, split, n, split_jsonl)) or [])

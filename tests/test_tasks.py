@@ -1,4 +1,4 @@
-"""Task sets (bench/tasks.py): generators, splits, reference solutions, benchmark and JSONL loaders.
+"""Task sets (environment/tasks.py): generators, splits, reference solutions, benchmark and JSONL loaders.
 
 Everything here runs offline. The paper's benchmarks are exercised through small in-memory rows
 that reproduce each dataset's real field names and nesting; the hub itself is never contacted.
@@ -11,9 +11,9 @@ from fractions import Fraction
 import bm25s
 import pytest
 
-import bench.tasks as tasks_module
-from bench.graders import is_correct
-from bench.tasks import (PAPER_SETS, TASK_SETS, Task, TaskError, _convert, _shop, knowing_solution,
+import environment.tasks as tasks_module
+from environment.graders import is_correct
+from environment.tasks import (PAPER_SETS, TASK_SETS, Task, TaskError, _convert, _shop, knowing_solution,
                          knowing_step, load_tasks, make_arith, make_lookup)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step
-from bench.tasks import load_tasks
+from environment.tasks import load_tasks
 from teacher import (TEACHER_PRESETS, GGUFTeacher, LLMTeacher, ReferenceTeacher, Reply, TeacherConfig,
                      TeacherError, TeacherUnavailable, URLTeacher, Verdict, as_fresh_attempt, cpu_has_amx, make_teacher, parse_verdict,
                      render_steps, shows_checkpoint, verdict_schema)
@@ -220,7 +220,7 @@ def test_knowledge_zero_is_todays_reference_teacher(recipe, product):
     default and when asked for explicitly, and its corrections are today's (the reference step made
     self-contained). If this broke, `--teacher-knowledge 0` would not reproduce the results measured
     before the knowledge gap existed."""
-    from bench.tasks import knowing_solution
+    from environment.tasks import knowing_solution
     from teacher import knows_nothing
     tasks = knowledge_tasks()
     default, zero = ReferenceTeacher(tasks), make_teacher("reference", tasks, knowledge=0.0, seed=3)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from agent import RolloutConfig
-from bench.tasks import RefStep, Task
+from environment.tasks import RefStep, Task
 from mps import MPSConfig, run_mps
 from runs import append_jsonl, read_jsonl
 from student import ScriptedStudent

@@ -1,7 +1,7 @@
 """Task sets: what the agent is asked, the reference answer, and a reference solution to imitate.
 
 A `Task` is one question plus everything needed to run and grade an episode on it: the grader's
-name (bench/graders.py), the search corpus for `search(query, k)`, and, for the generated sets, a
+name (environment/graders.py), the search corpus for `search(query, k)`, and, for the generated sets, a
 verified reference solution in the agent format of METHOD.md section 2 (plan first, then thought +
 code steps, the last one calling `final_answer`). The `reference` teacher (METHOD.md section 3) is
 built from those solutions: each `RefStep` carries *checkpoints* (the numbers an arith step prints,
@@ -33,7 +33,7 @@ Deviations from the paper, each with its reason:
 2. Multi-hop benchmarks search their own per-question context paragraphs (the distractor setting),
    not the web (METHOD.md section 4); Bamboogle ships no context, so its corpus is None.
 
-Usage:  python -c "from bench.tasks import load_tasks; print(load_tasks('arith', 'test', 1)[0])"
+Usage:  python -c "from environment.tasks import load_tasks; print(load_tasks('arith', 'test', 1)[0])"
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
-from bench.graders import GRADERS
+from environment.graders import GRADERS
 
 
 class TaskError(ValueError):
