@@ -40,62 +40,31 @@ from runs import finished_phases
 PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, in order
 
 
-def arg(default, help_text: str):
-    """A config field whose --help text is its one-line comment."""
-    return field(default=default, metadata={"help": help_text})
+def arg(default, help_text: str, phase: str | None = "eval", choices: tuple = ()):
+    """A config field: its --help text, the first phase whose results it changes ("eval": all of them;
+    None: operational, it changes no result and may differ when a run resumes), and its allowed values.
+    --init-from, the resume check and --help's groups are derived from these, not kept in tables."""
+    return field(default=default, metadata={"help": help_text, "phase": phase, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
-    # what to run
-    phases: str = arg(",".join(PHASES), "comma-separated phases to run, in order: " + ",".join(PHASES))
+    # What to run, and what every phase depends on
     student: str = arg("smol-135m", "student: a preset (smol-135m, qwen-0.5b..qwen-7b, llama-8b), hub id or local dir")
     tasks: str = arg("arith,lookup", "comma-separated task sets (arith, lookup, gsm8k, math500, aime24, aime25, "
                                      "hotpotqa, 2wiki, musique, bamboogle) or paths to .jsonl files")
     n: int | None = arg(None, "tasks per task set: test tasks for eval, and training tasks unless --n-train is "
                               "set (cpu preset 20, cpu-full 80, gpu 100)")
-    n_train: int | None = arg(None, "training tasks per task set (default: --n; cpu-full 250, for enough RL key "
-                                    "steps); ignored by a preset when --n is given")
     seed: int = arg(0, "the one seed; every rollout's seed is derived from it")
-    method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)")
-    init_from: str = arg("", "a run (name or directory) whose finished phases this new run starts from, up to "
-                             "the first phase a changed option affects (ablations that share BC, MPS and SFT)")
-    # the teacher
-    teacher: str = arg("reference", "reference (offline scripted expert), a GGUF preset (qwen-72b-q4, qwen-32b-q4, "
-                                    "qwen-7b-q4, smol-135m-q4) or a .gguf path")
-    teacher_url: str = arg("", "an OpenAI-compatible server to ask instead of loading the teacher here")
-    teacher_sees: str = arg("answer", "answer (as the paper) or solution (also the task's reference solution)")
-    teacher_cache: str = arg("", "file of cached teacher calls, shareable across runs (default: inside the run)")
-    teacher_gpu_layers: int = arg(-1, "llama.cpp layers on the GPU (-1 = all, when CUDA is present)")
-    teacher_knowledge: float = arg(0.0, "share P in [0, 1] of the lookup world's facts and arith's intermediate "
-                                        "results that the reference teacher states without searching or computing "
-                                        "(privileged knowledge; 0 = the gold, student-feasible path)")
     split_jsonl: bool = arg(False, "split a .jsonl task file into train and test tasks (environment/tasks.py, "
                                    "load_tasks split_jsonl) instead of using every row for both")
-    # phases 0-1
-    bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
-                                          "(paper and gpu preset: 0.2; cpu preset: 0.5, see bench/RESULTS.md)")
-    max_corrections: int = arg(3, "teacher corrections per MPS episode (paper: 3 in its code)")
-    mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)")
-    keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)")
-    # training (None = from the preset)
-    bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student")
-    bc_epochs: int | None = arg(None, "epochs of the BC warm start")
-    sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights")
-    sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT")
-    rl_lr: float = arg(1e-5, "RL learning rate (constant)")
-    group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)")
-    rl_epochs: int | None = arg(None, "RL passes over the start states (paper and presets: 3; cpu-full 2)")
-    rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the "
-                                       "budget; cpu-full: none, so each start state is seen rl_epochs times)")
-    advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)")
-    kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)")
-    rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)")
-    reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)")
-    key_step_judge: str = arg("signature", "signature (compare stored observations) or teacher (ask the teacher)")
     preset: str = arg("auto", "budget preset: auto (gpu for a large student on a GPU, else cpu), cpu, gpu, or "
                               "cpu-full (the larger CPU run that bench/RESULTS.md reports, at most 2 hours)")
-    # agent budgets (None = from the preset)
+    init_from: str = arg("", "a run (name or directory) whose finished phases this new run starts from, up to "
+                             "the first phase a changed option affects (ablations that share BC, MPS and SFT)")
+    teacher: str = arg("reference", "reference (offline scripted expert), a GGUF preset (qwen-72b-q4, qwen-32b-q4, "
+                                    "qwen-7b-q4, smol-135m-q4) or a .gguf path")
+    # the agent's budgets (None = from the preset)
     max_steps: int | None = arg(None, "steps per episode, the plan included (paper: 8)")
     max_new_tokens: int | None = arg(None, "new tokens per assistant turn")
     max_context_tokens: int | None = arg(None, "context cap; an episode that would overflow ends unfinished")
@@ -104,24 +73,77 @@ class Config:
     eval_temperature: float | None = arg(None, "evaluation sampling temperature (0 = greedy)")
     eval_top_p: float | None = arg(None, "evaluation top-p")
     # hardware (DESIGN.md: torch's `mps` device is unrelated to the MPS phase)
-    device: str = arg("auto", "auto, cpu or cuda (torch's Apple 'mps' device is not the MPS phase)")
-    dtype: str = arg("auto", "training dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
-    rollout_dtype: str = arg("auto", "eval/MPS rollout dtype: auto (bf16 where the CPU has native bf16 or on CUDA, "
-                                     "else fp32), float32, bfloat16")
-    # operational (may change on resume)
-    threads: int | None = arg(None, "CPU threads for torch (default: torch's choice)")
-    sandbox: str = arg("auto", "isolation of model code: auto (bwrap where it works, else limits), bwrap or "
-                               "limits (tools.py's docstring says what each protects)")
-    eval_batch_size: int | None = arg(None, "episodes generated together in one batch")
-    run: str = arg("", "run name under runs/ (default: <student>-<teacher>-<config hash>)")
-    runs_dir: str = arg("runs", "where run directories live")
-    label: str = arg("", "eval label, the file eval/<label>.json (default: base)")
-    verbose: bool = arg(False, "show the libraries' own progress bars and warnings (weight loading, downloads)")
+    device: str = arg("auto", "torch's device (its Apple 'mps' device is not the MPS phase)",
+                      choices=("auto", "cpu", "cuda"))
+    dtype: str = arg("auto", "training dtype: auto is bf16 on CUDA, fp32 on CPU", choices=("auto", "float32", "bfloat16"))
+    rollout_dtype: str = arg("auto", "eval/MPS rollout dtype: auto is bf16 where the CPU has native bf16 or on CUDA, "
+                                     "else fp32", choices=("auto", "float32", "bfloat16"))
+
+    # Phase 0: the BC warm start (n_train and the teacher's knowledge change what BC trains on)
+    method: str = arg("score", "score (the method) or imitation (BC on all training tasks, the baseline)", "bc",
+                      ("score", "imitation"))
+    n_train: int | None = arg(None, "training tasks per task set (default: --n; cpu-full 250, for enough RL key "
+                                    "steps); ignored by a preset when --n is given", "bc")
+    teacher_knowledge: float = arg(0.0, "share P in [0, 1] of the lookup world's facts and arith's intermediate "
+                                        "results that the reference teacher states without searching or computing "
+                                        "(privileged knowledge; 0 = the gold, student-feasible path)", "bc")
+    bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
+                                          "(paper and gpu preset: 0.2; cpu preset: 0.5, see bench/RESULTS.md)", "bc")
+    bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student", "bc")
+    bc_epochs: int | None = arg(None, "epochs of the BC warm start", "bc")
+
+    # Phase 1: MPS
+    max_corrections: int = arg(3, "teacher corrections per MPS episode (paper: 3 in its code)", "mps")
+    mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)", "mps")
+    keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)",
+                                   "mps")
+    teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
+                                      "task's reference solution", "mps", ("answer", "solution"))
+
+    # Phase 2: SCoRe-SFT
+    sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights", "sft")
+    sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft")
+
+    # Phase 3: prefix-restart RL
+    rl_lr: float = arg(1e-5, "RL learning rate (constant)", "rl")
+    group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)", "rl")
+    rl_epochs: int | None = arg(None, "RL passes over the start states (paper and presets: 3; cpu-full 2)", "rl")
+    rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the "
+                                       "budget; cpu-full: none, so each start state is seen rl_epochs times)", "rl")
+    advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)", "rl",
+                         ("mean", "grpo", "rloo"))
+    kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)", "rl")
+    rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)", "rl",
+                        ("prefix", "question"))
+    reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)", "rl",
+                      ("keystep", "outcome"))
+    key_step_judge: str = arg("signature", "signature (compare stored observations) or teacher (ask the teacher)",
+                              "rl", ("signature", "teacher"))
+
+    # Operational: no result depends on these, so they may change when a run resumes
+    phases: str = arg(",".join(PHASES), "comma-separated phases to run, in order: " + ",".join(PHASES), None)
+    teacher_url: str = arg("", "an OpenAI-compatible server to ask instead of loading the teacher here", None)
+    teacher_cache: str = arg("", "file of cached teacher calls, shareable across runs (default: inside the run)",
+                             None)
+    teacher_gpu_layers: int = arg(-1, "llama.cpp layers on the GPU (-1 = all, when CUDA is present)", None)
+    threads: int | None = arg(None, "CPU threads for torch (default: torch's choice)", None)
+    sandbox: str = arg("auto", "isolation of model code: auto is bwrap where it works, else limits (tools.py's "
+                               "docstring says what each protects)", None, ("auto", "bwrap", "limits"))
+    eval_batch_size: int | None = arg(None, "episodes generated together in one batch", None)
+    run: str = arg("", "run name under runs/ (default: <student>-<teacher>-<config hash>)", None)
+    runs_dir: str = arg("runs", "where run directories live", None)
+    label: str = arg("", "eval label, the file eval/<label>.json (default: base)", None)
+    verbose: bool = arg(False, "show the libraries' own progress bars and warnings (weight loading, downloads)", None)
 
 
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Fields that do not change results: they may differ when a run resumes.
-OPERATIONAL = {"phases", "threads", "sandbox", "eval_batch_size", "run", "runs_dir", "label", "teacher_cache",
-               "teacher_gpu_layers", "teacher_url", "verbose"}
+OPERATIONAL = {name for name, f in FIELDS.items() if f.metadata["phase"] is None}
+# --init-from copies a finished phase only if no option it depends on changed: each result-affecting
+# field's first phase. teacher_knowledge changes what the teacher writes from BC on; the teacher's own
+# evaluation row (an oracle, 1.0 with any knowledge) is kept. n_train changes the training tasks only.
+FIRST_PHASE_OF = {name: f.metadata["phase"] for name, f in FIELDS.items() if f.metadata["phase"] is not None}
+CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 
 # SCoRe-SFT continues from the BC weights on ~10 trajectories: the BC lr (3e-4) overfits them and the
 # student unlearns (bench/RESULTS.md, "SCoRe-SFT learning rate"), so phase 2 has its own, lower lr.
@@ -174,12 +196,6 @@ def resolve(config: Config) -> Config:
 # ----------------------------------------------------------------------------------------------
 # Validation: every option is checked before any work, so a mistake never runs another experiment
 
-# The allowed values of every choice option.
-CHOICES = {"method": ("score", "imitation"), "teacher_sees": ("answer", "solution"),
-           "advantage": ("mean", "grpo", "rloo"), "rl_start": ("prefix", "question"),
-           "reward": ("keystep", "outcome"), "key_step_judge": ("signature", "teacher"),
-           "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
-           "rollout_dtype": ("auto", "float32", "bfloat16"), "sandbox": ("auto", "bwrap", "limits")}
 # Counts for which 0 (or less) would run nothing, or run something else than asked.
 COUNTS = ("n", "n_train", "max_steps", "max_new_tokens", "max_context_tokens", "max_output_chars", "bc_epochs",
           "sft_epochs", "rl_epochs", "rl_updates", "eval_batch_size", "threads", "max_corrections")
@@ -296,20 +312,79 @@ def check_resources(config: Config) -> None:
         raise ConfigError(f"--init-from {config.init_from}: no run there (no {init_source(config) / 'config.json'})")
 
 
+GROUPS = {"eval": "every phase (a change gives a new run)", "bc": "phase 0: BC warm start", "mps": "phase 1: MPS",
+          "sft": "phase 2: SCoRe-SFT", "rl": "phase 3: prefix-restart RL",
+          None: "operational (no result depends on these; they may change when a run resumes)"}
+
+
+def option_type(f: dataclasses.Field) -> type:
+    """The type a field's value is parsed as: its default's, or the one named in `X | None`."""
+    if f.default is not None:
+        return type(f.default)
+    return float if "float" in str(f.type) else int if "int" in str(f.type) else str
+
+
+def read_config_file(path: str) -> dict:
+    """--config FILE: a JSON or YAML mapping of Config fields (`rl_lr` or `rl-lr`), checked like flags."""
+    from runs import ConfigError
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        import yaml  # YAML is a superset of JSON: one parser reads both
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not JSON or YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options (field: value), got {type(values).__name__}")
+    fields = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS or name == "config":
+            raise ConfigError(f"--config {path}: unknown option {key!r} (the options are those of --help)")
+        kind = option_type(FIELDS[name])
+        if isinstance(value, str) and kind in (int, float):  # YAML reads 2e-5 as text
+            try:
+                value = kind(value)
+            except ValueError:
+                pass
+        ok = value is None and FIELDS[name].default is None or isinstance(value, kind) and not (
+            kind is not bool and isinstance(value, bool)) or kind is float and isinstance(value, int) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"--config {path}: {key} must be {'a number' if kind in (int, float) else kind.__name__}"
+                              f"{' (a whole one)' if kind is int else ''}, got {value!r}")
+        fields[name] = float(value) if kind is float and value is not None else value
+    return fields
+
+
 def parse_args(argv: list[str]) -> Config:
-    """`score.py [PHASE] --field value ...` -> Config. A leading phase name sets --phases."""
-    parser = argparse.ArgumentParser(prog="score.py", description=__doc__.split("\n")[0])
+    """`score.py [PHASE] [--config FILE] --field value ...` -> Config. A leading phase name sets --phases;
+    flags override the file, the file overrides the defaults. --help lists the options by phase."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", default="")
+    known, argv = early.parse_known_args(argv)
+    parser = argparse.ArgumentParser(prog="score.py", description=__doc__.split("\n")[0],
+                                     usage="python score.py [PHASE] [--config FILE] [--option VALUE ...]")
     parser.add_argument("phase", nargs="?", choices=PHASES, help="run only this phase")
+    parser.add_argument("--config", metavar="FILE", help="a JSON or YAML file of options (field: value); flags "
+                                                         "given here override it")
+    groups = {phase: parser.add_argument_group(title) for phase, title in GROUPS.items()}
     for f in dataclasses.fields(Config):
+        group, flag_name = groups[f.metadata["phase"]], flag(f.name)
+        choices = f.metadata["choices"]
+        default = "from the preset" if f.default is None else repr(f.default) if f.default == "" else f.default
+        text = f.metadata["help"] + (f" [{' | '.join(choices)}]" if choices else "") + f" (default: {default})"
         if isinstance(f.default, bool):  # a switch: --split-jsonl
-            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=f.metadata["help"])
-            continue
-        kind = {int: int, float: float, str: str}.get(type(f.default), None)
-        if kind is None:  # Optional fields: the type named in the annotation
-            kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"].replace("%", "%%"))
+            group.add_argument(flag_name, action="store_true", default=f.default, help=text.replace("%", "%%"))
+        else:
+            group.add_argument(flag_name, type=option_type(f), default=f.default, metavar=f.name.upper(),
+                               help=text.replace("%", "%%"))
+    if known.config:
+        parser.set_defaults(**read_config_file(known.config))
     args = vars(parser.parse_args(argv))
     phase = args.pop("phase")
+    args.pop("config")
     config = Config(**args)
     if phase:
         config = dataclasses.replace(config, phases=phase)
@@ -708,18 +783,6 @@ def print_summary(summary: dict, console) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Before the phases: branching, the budget table, a memory check
-
-
-# --init-from copies a finished phase only if no option it depends on changed. Each result-affecting
-# field names the first phase it affects; fields not listed here affect everything (student, tasks...).
-# teacher_knowledge changes what the teacher writes from BC on; the teacher's own evaluation row (an
-# oracle, 1.0 with any knowledge) is kept. n_train changes the training tasks only, not the test tasks.
-FIRST_PHASE_OF = {"bc_fraction": "bc", "bc_lr": "bc", "bc_epochs": "bc", "method": "bc",
-                  "teacher_knowledge": "bc", "n_train": "bc",
-                  "sft_lr": "sft", "sft_epochs": "sft",
-                  "max_corrections": "mps", "mps_temperature": "mps", "keep_correct_rate": "mps",
-                  "teacher_sees": "mps", "rl_lr": "rl", "group_size": "rl", "rl_epochs": "rl", "rl_updates": "rl",
-                  "advantage": "rl", "kl_coef": "rl", "rl_start": "rl", "reward": "rl", "key_step_judge": "rl"}
 
 
 def init_source(config: Config) -> Path:

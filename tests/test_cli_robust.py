@@ -173,3 +173,40 @@ def test_rl_without_signal_is_recorded_as_skipped(tmp_path):
     assert entry["trained"] is False and entry["updates_with_signal"] == 0
     assert "no signal" in entry["skipped"] and any("rl: skipped: no signal" in line for line in console.lines)
     assert not (run / "eval" / "rl.json").exists()
+
+
+def test_help_groups_options_by_phase_with_defaults_and_choices(capsys):
+    """--help is generated from the config: one group per phase, each option with its default and,
+    for a choice, its allowed values; the phase a field affects is the one --init-from uses."""
+    with pytest.raises(SystemExit):
+        score.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    groups = ["every phase", "phase 0: BC warm start", "phase 1: MPS", "phase 2: SCoRe-SFT",
+              "phase 3: prefix-restart RL", "operational"]
+    positions = [out.index(title) for title in groups]
+    assert positions == sorted(positions)
+    rl_part = out[positions[4]:positions[5]]
+    assert "--reward" in rl_part and "[keystep | outcome] (default: keystep)" in rl_part
+    assert "--rl-lr" in rl_part and "(default: 1e-05)" in rl_part
+    assert "--max-corrections" in out[positions[2]:positions[3]]
+    assert score.FIRST_PHASE_OF["reward"] == "rl" and score.FIRST_PHASE_OF["teacher_sees"] == "mps"
+    assert "threads" in score.OPERATIONAL and "seed" not in score.OPERATIONAL
+
+
+def test_config_file_sets_options_and_flags_override_it(tmp_path, capsys):
+    """--config FILE (JSON or YAML, field names with - or _) sets options; a flag given too wins; the
+    file is checked like the flags, one line for each mistake."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("rl_lr: 2e-5\nseed: 3\ngroup-size: 6\nreward: outcome\n")
+    config = score.parse_args(["--config", str(yaml_file), "--seed", "4"])
+    assert (config.rl_lr, config.seed, config.group_size, config.reward) == (2e-5, 4, 6, "outcome")
+    json_file = tmp_path / "run.json"
+    json_file.write_text(json.dumps({"n": 3, "tasks": "arith"}))
+    assert (score.parse_args(["eval", "--config", str(json_file)]).n, score.parse_args(["--config", str(json_file)]).phases) \
+        == (3, ",".join(score.PHASES))
+    for text, needle in [("seed: x", "seed must be a number (a whole one)"), ("foo: 1", "unknown option 'foo'"),
+                         ("[1, 2]", "expected a mapping"), ("rl_lr: true", "rl_lr must be a number"),
+                         ("reward: foo", "unknown --reward 'foo'"), ("{bad", "not JSON or YAML")]:
+        yaml_file.write_text(text)
+        fails_with_one_line(["--config", str(yaml_file)], tmp_path / "runs", capsys, needle)
+    fails_with_one_line(["--config", str(tmp_path / "missing.yaml")], tmp_path / "runs", capsys, "cannot read it")
