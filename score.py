@@ -35,16 +35,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
+from mps import MPSConfig
+from rl import RL_PRESETS, RLConfig
 from runs import finished_phases
+from sft import SFT_PRESETS
 
 PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, in order
 
 
-def arg(default, help_text: str, phase: str | None = "eval", choices: tuple = ()):
+def arg(default, help_text: str, phase: str | None = "eval", choices: tuple = (), to: str = ""):
     """A config field: its --help text, the first phase whose results it changes ("eval": all of them;
-    None: operational, it changes no result and may differ when a run resumes), and its allowed values.
-    --init-from, the resume check and --help's groups are derived from these, not kept in tables."""
-    return field(default=default, metadata={"help": help_text, "phase": phase, "choices": choices})
+    None: operational, it changes no result and may differ when a run resumes), its allowed values, and
+    its name in that phase's own config (`to`, when not the same: rl_lr is RLConfig.lr). --init-from,
+    the resume check, --help's groups and each phase's config are derived from these."""
+    return field(default=default, metadata={"help": help_text, "phase": phase, "choices": choices, "to": to})
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class Config:
     # hardware (DESIGN.md: torch's `mps` device is unrelated to the MPS phase)
     device: str = arg("auto", "torch's device (its Apple 'mps' device is not the MPS phase)",
                       choices=("auto", "cpu", "cuda"))
-    dtype: str = arg("auto", "training dtype: auto is bf16 on CUDA, fp32 on CPU", choices=("auto", "float32", "bfloat16"))
+    dtype: str = arg("auto", "training dtype: auto is bf16 on CUDA, fp32 on CPU",
+                     choices=("auto", "float32", "bfloat16"))
     rollout_dtype: str = arg("auto", "eval/MPS rollout dtype: auto is bf16 where the CPU has native bf16 or on CUDA, "
                                      "else fp32", choices=("auto", "float32", "bfloat16"))
 
@@ -89,27 +95,32 @@ class Config:
                                         "(privileged knowledge; 0 = the gold, student-feasible path)", "bc")
     bc_fraction: float | None = arg(None, "share of training tasks the teacher solves for the BC warm start "
                                           "(paper and gpu preset: 0.2; cpu preset: 0.5, see bench/RESULTS.md)", "bc")
-    bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student", "bc")
-    bc_epochs: int | None = arg(None, "epochs of the BC warm start", "bc")
+    bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student", "bc",
+                              to="lr")
+    bc_epochs: int | None = arg(None, "epochs of the BC warm start", "bc", to="epochs")
 
     # Phase 1: MPS
-    max_corrections: int = arg(3, "teacher corrections per MPS episode (paper: 3 in its code)", "mps")
+    max_corrections: int = arg(MPSConfig.max_corrections, "teacher corrections per MPS episode (paper: 3 in its code)",
+                               "mps")
     mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)", "mps")
-    keep_correct_rate: float = arg(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)",
-                                   "mps")
+    keep_correct_rate: float = arg(MPSConfig.keep_correct_rate, "share of correct uncorrected SFT-half episodes "
+                                   "kept for SFT (paper: 50%)", "mps")
     teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
                                       "task's reference solution", "mps", ("answer", "solution"))
 
     # Phase 2: SCoRe-SFT
-    sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights", "sft")
-    sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft")
+    sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights",
+                               "sft", to="lr")
+    sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft", to="epochs")
 
     # Phase 3: prefix-restart RL
-    rl_lr: float = arg(1e-5, "RL learning rate (constant)", "rl")
+    rl_lr: float = arg(RLConfig.lr, "RL learning rate (constant)", "rl", to="lr")
     group_size: int | None = arg(None, "RL continuations per start state (paper: 16; cpu 4, gpu 8)", "rl")
-    rl_epochs: int | None = arg(None, "RL passes over the start states (paper and presets: 3; cpu-full 2)", "rl")
+    rl_epochs: int | None = arg(None, "RL passes over the start states (paper and presets: 3; cpu-full 2)", "rl",
+                                to="epochs")
     rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the "
-                                       "budget; cpu-full: none, so each start state is seen rl_epochs times)", "rl")
+                                       "budget; cpu-full: none, so each start state is seen rl_epochs times)", "rl",
+                                to="num_updates")
     advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)", "rl",
                          ("mean", "grpo", "rloo"))
     kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)", "rl")
@@ -295,8 +306,8 @@ def check_resources(config: Config) -> None:
             n = (config.n_train or config.n) if split == "train" else config.n
             from environment.tasks import load_tasks
             if not load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl):
-                raise ConfigError(f"--tasks {name.strip()} gives no {split} tasks"
-                                  + (" (a .jsonl file: are its rows all of the other split?)" if name.endswith(".jsonl") else ""))
+                hint = " (a .jsonl file: are its rows all of the other split?)" if name.endswith(".jsonl") else ""
+                raise ConfigError(f"--tasks {name.strip()} gives no {split} tasks{hint}")
     check_student(config.student)
     resolve_device(config.device)  # --device cuda without a GPU
     if needs_teacher(config):
@@ -349,8 +360,10 @@ def read_config_file(path: str) -> dict:
                 value = kind(value)
             except ValueError:
                 pass
-        ok = value is None and FIELDS[name].default is None or isinstance(value, kind) and not (
-            kind is not bool and isinstance(value, bool)) or kind is float and isinstance(value, int) and not isinstance(value, bool)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = (value is None and FIELDS[name].default is None or kind is bool and isinstance(value, bool)
+              or kind is str and isinstance(value, str) or kind is int and number and isinstance(value, int)
+              or kind is float and number)
         if not ok:
             raise ConfigError(f"--config {path}: {key} must be {'a number' if kind in (int, float) else kind.__name__}"
                               f"{' (a whole one)' if kind is int else ''}, got {value!r}")
@@ -577,11 +590,18 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
     return summary
 
 
+def section(config: Config, phase: str, base):
+    """A phase's own config: `base` (its preset dataclass) with every field of this phase that it has,
+    under the name the field's `to` gives, and the seed. No hand copies: a new field reaches its phase."""
+    names = {f.name for f in dataclasses.fields(base)}
+    values = {f.metadata["to"] or name: getattr(config, name) for name, f in FIELDS.items()
+              if f.metadata["phase"] == phase and getattr(config, name) is not None}
+    return dataclasses.replace(base, seed=config.seed, **{k: v for k, v in values.items() if k in names})
+
+
 def sft_config(config: Config, phase: str = "sft"):
     """The training settings of phase 0 (bc) or phase 2 (sft): the same loop, its own lr and epochs."""
-    from sft import SFT_PRESETS
-    lr, epochs = (config.bc_lr, config.bc_epochs) if phase == "bc" else (config.sft_lr, config.sft_epochs)
-    return dataclasses.replace(SFT_PRESETS[hardware(config)], lr=lr, epochs=epochs, seed=config.seed)
+    return section(config, phase, SFT_PRESETS[hardware(config)])
 
 
 def phase_bc(config: Config, run_dir: Path, console) -> None:
@@ -625,7 +645,7 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
 
 def phase_rl(config: Config, run_dir: Path, console) -> None:
     """Phase 3: prefix-restart REINFORCE from checkpoints/sft on keysteps.jsonl into checkpoints/rl."""
-    from rl import RL_PRESETS, train_rl
+    from rl import train_rl
     from runs import ConfigError, mark_phase_done, read_jsonl
     from student import load_student
     if "mps" not in finished_phases(run_dir):
@@ -635,11 +655,7 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     done = finished_phases(run_dir)
     start = next((str(run_dir / "checkpoints" / p) for p in ("sft", "bc") if done.get(p, {}).get("trained")),
                  config.student)
-    rl_config = dataclasses.replace(RL_PRESETS[hardware(config)], lr=config.rl_lr, epochs=config.rl_epochs,
-                                    num_updates=config.rl_updates,
-                                    advantage=config.advantage, kl_coef=config.kl_coef, rl_start=config.rl_start,
-                                    reward=config.reward, key_step_judge=config.key_step_judge, seed=config.seed,
-                                    **({"group_size": config.group_size} if config.group_size else {}))
+    rl_config = section(config, "rl", RL_PRESETS[hardware(config)])
     usable = [k for k in keysteps if k.get("last") and k.get("split") == "rl"]
     if not usable and config.rl_start == "prefix" and not episodes:
         reason = "0 examples: no key-step record in the RL half"
@@ -694,7 +710,7 @@ def release_memory() -> None:
 def phase_mps(config: Config, run_dir: Path, console) -> None:
     """Phase 1: student rollouts with one-step teacher corrections; mps.jsonl, sft.jsonl, keysteps.jsonl."""
     from agent import Trajectory
-    from mps import MPSConfig, assign_split, derive_outputs, diagnostics, run_mps
+    from mps import assign_split, derive_outputs, diagnostics, run_mps
     from runs import append_jsonl, mark_phase_done, read_jsonl, write_json_atomic
     from student import load_student
     tasks = load_tasks_for(config, "train")
@@ -710,8 +726,7 @@ def phase_mps(config: Config, run_dir: Path, console) -> None:
                       f"--student {config.student} as it is (an untrained small student finishes almost no "
                       "episode in the agent format)")
     console.print(f"mps: {len(share)} tasks ({len(done)} already done), student {student_path}")
-    mps_config = MPSConfig(max_corrections=config.max_corrections, keep_correct_rate=config.keep_correct_rate,
-                           seed=config.seed)
+    mps_config = section(config, "mps", MPSConfig())
     if todo:
         student = load_student(student_path, config.device, rollout_dtype(config), config.threads)
         teacher = open_teacher(config, run_dir, tasks, console)
@@ -826,7 +841,6 @@ SFT_RECORDS_PER_TASK, RL_STARTS_PER_TASK, KEY_STEPS_PER_TASK = 0.67, 0.44, 0.35
 
 def budget(config: Config) -> list[tuple[str, str, float | None]]:
     """(phase, what it does, expected minutes or None) for each phase this command runs."""
-    from rl import RL_PRESETS
     from collections import Counter
     from mps import assign_split
     sets = len(config.tasks.split(","))
@@ -841,13 +855,15 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     rl_preset = RL_PRESETS[hardware(config)]
     group = config.group_size or rl_preset.group_size
     starts = max(1, round(rl_half * RL_STARTS_PER_TASK)) if rl_half else 0
-    updates = 0 if not rl_half else config.rl_updates or config.rl_epochs * math.ceil(starts / rl_preset.prompts_per_update)
+    per_epoch = math.ceil(starts / rl_preset.prompts_per_update)
+    updates = 0 if not rl_half else config.rl_updates or config.rl_epochs * per_epoch
     evals = 1 + sum(p in config.phases for p in ("bc", "sft", "rl"))
     cpu = hardware(config) == "cpu" and config.student in SMALL_STUDENTS
     minutes = lambda seconds: seconds / 60 if cpu else None  # calibrated only for the CPU default
     train_s = config.bc_epochs * TOKENS_PER_TRAJECTORY * CPU_SECONDS["train_token"]  # one trajectory, all epochs
     with_teacher = " + the teacher's" if "," in config.phases and "eval" in config.phases else ""
-    rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evals} student evaluation{'s' * (evals > 1)}{with_teacher}",
+    evaluations = f"{evals} student evaluation{'s' * (evals > 1)}{with_teacher}"
+    rows = {"eval": (f"{config.n} test tasks x {sets} sets, {evaluations}",
                      minutes(evals * test * CPU_SECONDS["eval_task"])),
             "bc": (f"teacher solves {bc} tasks; {config.bc_epochs} epochs at lr {config.bc_lr:g}",
                    minutes(bc * train_s)),
@@ -999,9 +1015,6 @@ def guarded(work, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # student.py first, before anything imports torch: it sets OpenMP's waiting policy (passive), which
-    # torch's thread pool reads once when it loads (student.py says why: a busy machine).
-    import student  # noqa: F401
     from runs import make_console
     console = make_console()
     argv = sys.argv[1:] if argv is None else argv
