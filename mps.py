@@ -164,12 +164,14 @@ def keystep_records(trajectory: Trajectory) -> list[dict]:
 
 def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_config: RolloutConfig,
             config: MPSConfig, sandbox_factory: Callable, on_episode_done: Callable[[Trajectory], None],
-            indexes: dict | None = None, on_round: Callable[[int, int], None] | None = None) -> list[Trajectory]:
+            indexes: dict | None = None, on_round: Callable[[int, int], None] | None = None,
+            max_active: int | None = None) -> list[Trajectory]:
     """Run MPS on `tasks` (split: task id -> "sft" | "rl"). `sandbox_factory(corpus)` opens a sandbox
     (corpus: a search index or None). Each episode goes to `on_episode_done` as soon as it is final
     (the caller appends it to mps.jsonl). TeacherUnavailable is raised after the round it struck in:
     the episodes that round finished without the teacher are passed on first; the one in flight and
-    the ones waiting for a correction are not, so a rerun does them again."""
+    the ones waiting for a correction are not, so a rerun does them again. `max_active` bounds the
+    episodes in flight (agent.rollout's continuous batching; None: all of a round at once)."""
     from agent import build_indexes
     indexes = indexes if indexes is not None else build_indexes(tasks)
 
@@ -187,7 +189,7 @@ def run_mps(student, teacher, tasks: Sequence, splits: dict[str, str], rollout_c
             on_round(round_index, len(starts))
         # 1. All active episodes advance together (one batched generation per turn).
         results = rollout(student, starts, rollout_config, indexes=indexes,
-                          sandbox_factory=sandbox_factory)
+                          sandbox_factory=sandbox_factory, max_active=max_active)
         next_starts = []
         for start, trajectory in zip(starts, results):
             episode = episodes[start.task.id]

@@ -575,12 +575,11 @@ def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_
             else:
                 student = load_student(student_path or config.student, config.device, rollout_dtype(config),
                                        config.threads)
-                indexes = build_indexes(todo)
-                for i in range(0, len(todo), config.eval_batch_size):
-                    batch = todo[i:i + config.eval_batch_size]
-                    starts = [Start(task=t, seed=derive_seed(config.seed, "eval", t.id)) for t in batch]
-                    rollout(student, starts, settings, indexes=indexes, on_episode_end=record,
-                            sandbox_factory=make_sandbox(config))
+                # Continuous batching: eval_batch_size episodes in flight, a finished one's row taken
+                # by the next task at once (agent.rollout), so the batch does not drain between chunks.
+                starts = [Start(task=t, seed=derive_seed(config.seed, "eval", t.id)) for t in todo]
+                rollout(student, starts, settings, indexes=build_indexes(todo), on_episode_end=record,
+                        sandbox_factory=make_sandbox(config), max_active=config.eval_batch_size)
     wanted = {t.id for t in tasks}
     trajectories = [r for r in read_jsonl(records_path) if r["task_id"] in wanted]
     summary = summarise(trajectories, time.perf_counter() - began)
@@ -707,6 +706,9 @@ def release_memory() -> None:
         pass
 
 
+MPS_CHUNK = 4  # MPS tasks per run_mps call, in batches: more keeps rows busy, fewer loses less to a kill
+
+
 def phase_mps(config: Config, run_dir: Path, console) -> None:
     """Phase 1: student rollouts with one-step teacher corrections; mps.jsonl, sft.jsonl, keysteps.jsonl."""
     from agent import Trajectory
@@ -736,10 +738,13 @@ def phase_mps(config: Config, run_dir: Path, console) -> None:
             append_jsonl(path, trajectory.to_dict())  # line-atomic: resumable by task id
 
         settings = rollout_config(config, config.mps_temperature)
-        for i in range(0, len(todo), config.eval_batch_size):
-            run_mps(student, teacher, todo[i:i + config.eval_batch_size], splits, settings, mps_config,
-                    make_sandbox(config), record,
-                    on_round=lambda r, n: console.print(f"mps: round {r}: {n} episodes rolling out"))
+        # MPS_CHUNK x eval_batch_size tasks a call, eval_batch_size of them in flight (continuous
+        # batching); a call's episodes are recorded as its rounds end, so a kill loses one chunk at most.
+        chunk = MPS_CHUNK * config.eval_batch_size
+        for i in range(0, len(todo), chunk):
+            run_mps(student, teacher, todo[i:i + chunk], splits, settings, mps_config, make_sandbox(config), record,
+                    on_round=lambda r, n: console.print(f"mps: round {r}: {n} episodes rolling out"),
+                    max_active=config.eval_batch_size)
         console.print(f"teacher: {teacher.stats}")
         teacher.close()
     episodes = [Trajectory.from_dict(r) for r in read_jsonl(path) if r["task_id"] in splits]
