@@ -280,6 +280,11 @@ def check_config(config: Config) -> None:
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
+    single = [p for p in phases if p in ("mps", "rl")]
+    if world_size() > 1 and single:
+        raise ConfigError(f"{' and '.join(single)} run{'s' * (len(single) == 1)} in one process (batched rollouts on "
+                          "one device; METHOD.md, deviations): run them with plain python, and only bc and sft "
+                          "under accelerate launch")
     if config.sandbox == "bwrap":
         from tools import probe_isolation
         if probe_isolation() != "bwrap":
@@ -326,6 +331,10 @@ def check_resources(config: Config) -> None:
 GROUPS = {"eval": "every phase (a change gives a new run)", "bc": "phase 0: BC warm start", "mps": "phase 1: MPS",
           "sft": "phase 2: SCoRe-SFT", "rl": "phase 3: prefix-restart RL",
           None: "operational (no result depends on these; they may change when a run resumes)"}
+
+
+# Longer names for flags a launcher could take for its own: `torchrun --n 2` reads as its --nnodes.
+ALIASES = {"n": ("--tasks-per-set",)}
 
 
 def option_type(f: dataclasses.Field) -> type:
@@ -391,8 +400,8 @@ def parse_args(argv: list[str]) -> Config:
         if isinstance(f.default, bool):  # a switch: --split-jsonl
             group.add_argument(flag_name, action="store_true", default=f.default, help=text.replace("%", "%%"))
         else:
-            group.add_argument(flag_name, type=option_type(f), default=f.default, metavar=f.name.upper(),
-                               help=text.replace("%", "%%"))
+            group.add_argument(flag_name, *ALIASES.get(f.name, ()), dest=f.name, type=option_type(f), default=f.default,
+                               metavar=f.name.upper(), help=text.replace("%", "%%"))
     if known.config:
         parser.set_defaults(**read_config_file(known.config))
     args = vars(parser.parse_args(argv))
@@ -533,6 +542,21 @@ def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """Processes of this command: more than 1 under `accelerate launch` / torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wait_for_everyone(config: Config) -> None:
+    """Under several processes, none goes on until all are here: rank 0 writes the records (teacher
+    trajectories, phases.json) that the others then read. One process: nothing to wait for. The
+    process group is accelerate's, set up as sft.py's Accelerator will use it (gloo on the CPU)."""
+    if world_size() > 1:
+        from accelerate import PartialState
+        from student import resolve_device
+        PartialState(cpu=resolve_device(config.device).type == "cpu").wait_for_everyone()
+
+
 def phase_eval(config: Config, run_dir: Path, console, label: str = "", student_path: str = "") -> dict:
     """Run the student (or, with label "teacher", the teacher) as an agent on test tasks; one graded
     trajectory per line in eval/<label>.jsonl, resumable by task id."""
@@ -617,7 +641,7 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
     done = {r["task_id"] for r in read_jsonl(path)}
     todo = [t for t in share if t.id not in done]
     console.print(f"bc: the teacher solves {len(share)} training tasks ({len(done)} already done)")
-    if todo:
+    if todo and main_process():  # rank 0 alone asks the teacher and writes bc.jsonl; the others wait for it
         teacher = open_teacher(config, run_dir, tasks, console)
         settings = rollout_config(config, 0.0)
         for task in todo:  # every attempt is kept, with its grade; training uses the correct ones
@@ -625,20 +649,23 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
             trajectory.split, trajectory.run = "bc", run_dir.name
             append_jsonl(path, trajectory.to_dict())
         teacher.close()
+    wait_for_everyone(config)
     correct = [Trajectory.from_dict(r) for r in read_jsonl(path) if r["correct"]]
     console.print(f"bc: {len(correct)} of {len(share)} teacher trajectories are correct; training the student on them")
     if not correct:
         reason = "0 examples: the teacher solved none of its tasks"
         console.print(f"bc: skipped: {reason}")
-        mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False, "skipped": reason})
+        if main_process():
+            mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False, "skipped": reason})
         return
     student = load_student(config.student, config.device, config.dtype, config.threads)
     summary = train_sft(student, correct, sft_config(config, "bc"), run_dir / "checkpoints" / "bc",
                         run_dir / "metrics.jsonl", label="bc")
     del student
     release_memory()  # the trained weights are on disk; evaluation loads them afresh
-    mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": len(correct), "trained": True,
-                                    "updates": summary.get("num_updates")})
+    if main_process():
+        mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": len(correct), "trained": True,
+                                        "updates": summary.get("num_updates")})
     phase_eval(config, run_dir, console, label="bc", student_path=str(run_dir / "checkpoints" / "bc"))
 
 
@@ -774,7 +801,8 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
     if not records:
         reason = "0 examples: MPS produced no correct trajectory in the SFT half"
         console.print(f"sft: skipped: {reason}")
-        mark_phase_done(run_dir, "sft", {"examples": 0, "trained": False, "skipped": reason})
+        if main_process():
+            mark_phase_done(run_dir, "sft", {"examples": 0, "trained": False, "skipped": reason})
         return
     trained_bc = finished_phases(run_dir).get("bc", {}).get("trained")
     start = str(run_dir / "checkpoints" / "bc") if trained_bc else config.student
@@ -783,7 +811,9 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
                         run_dir / "metrics.jsonl", label="sft")
     del student
     release_memory()
-    mark_phase_done(run_dir, "sft", {"examples": len(records), "trained": True, "updates": summary.get("num_updates")})
+    if main_process():
+        mark_phase_done(run_dir, "sft", {"examples": len(records), "trained": True,
+                                         "updates": summary.get("num_updates")})
     phase_eval(config, run_dir, console, label="sft", student_path=str(run_dir / "checkpoints" / "sft"))
 
 
@@ -1021,7 +1051,7 @@ def guarded(work, console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from runs import make_console
-    console = make_console()
+    console = make_console(quiet=not main_process())  # under several processes rank 0 alone prints
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "show":  # the audit view: show RUN [TASK_ID], show RUN --eval LABEL [TASK_ID]
         from report import show_main  # its own arguments (show --help), parsed there
@@ -1053,10 +1083,12 @@ def run_loop(config: Config, console) -> int:
     check_resources(config)
     new_run = not run_dir.exists()
     try:
-        open_run(run_dir, config, OPERATIONAL)
+        if main_process():  # under several processes rank 0 alone writes the run's files
+            open_run(run_dir, config, OPERATIONAL)
+        wait_for_everyone(config)
         return run_phases(config, run_dir, console)
     finally:  # a run that failed before recording anything leaves no directory behind
-        if new_run and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+        if new_run and main_process() and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -1087,8 +1119,9 @@ def command_for(config: Config, phase: str) -> str:
 def run_phases(config: Config, run_dir: Path, console) -> int:
     from runs import mark_phase_done
     console.print(f"run: {run_dir}")
-    if config.init_from and not finished_phases(run_dir):  # a new branch, or one killed while copying
-        init_from(config, run_dir, console)
+    if config.init_from and not finished_phases(run_dir) and main_process():  # a new branch, or one killed
+        init_from(config, run_dir, console)                                      # while copying
+    wait_for_everyone(config)
     print_budget(config, console, finished_phases(run_dir))
     from student import configure_threads
     from tools import describe_isolation
@@ -1105,7 +1138,8 @@ def run_phases(config: Config, run_dir: Path, console) -> int:
                 phase_eval(config, run_dir, console)
                 if "," in config.phases:  # the whole loop also evaluates the teacher, in the same harness
                     phase_eval(config, run_dir, console, label="teacher")
-                mark_phase_done(run_dir, "eval", {})
+                if main_process():
+                    mark_phase_done(run_dir, "eval", {})
             elif phase == "bc":
                 phase_bc(config, run_dir, console)
             elif phase == "mps":
@@ -1115,7 +1149,9 @@ def run_phases(config: Config, run_dir: Path, console) -> int:
             elif phase == "rl":
                 phase_rl(config, run_dir, console)
         finally:  # also when interrupted: the time and teacher calls spent so far count
-            add_phase_cost(run_dir, phase, time.perf_counter() - began, teacher_calls() - calls_before, console)
+            if main_process():
+                add_phase_cost(run_dir, phase, time.perf_counter() - began, teacher_calls() - calls_before, console)
+        wait_for_everyone(config)  # the next phase reads what this one wrote
         release_memory()
     if "," in config.phases and main_process():  # the whole loop ends with the report
         from report import final_report
