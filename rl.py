@@ -766,7 +766,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             student.model = student.model.merge_and_unload()
         if finished_before:
             return {**json.loads((out_dir / "summary.json").read_text()), "restored": True}
-        from sft import save_final
+        from runs import save_final
         save_final(out_dir, student.model, student.tokenizer)
         write_json_atomic(out_dir / "summary.json", summary)
         finish_training_state(ckpt_path)  # keep the trained weights once, drop the optimiser state

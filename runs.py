@@ -108,7 +108,7 @@ def write_json_atomic(path: Path, value) -> None:
 
 
 # What a killed writer leaves behind: "<name>.tmp<random>" (write_atomic, save_training_state,
-# sft.save_final), "<name>.tmp" (score.py's MPS outputs), and "<name>.<8 random characters>" of
+# save_final), "<name>.tmp" (score.py's MPS outputs), and "<name>.<8 random characters>" of
 # write_atomic before it named its files ".tmp" (only after the extensions it writes).
 TEMPORARY_NAME = re.compile(r".+\.tmp[a-z0-9_]*|.+\.(json|jsonl|md|png)\.[a-z0-9_]{8}")
 
@@ -201,6 +201,126 @@ def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Resumable training state, shared by sft.py and rl.py
+
+
+class TrainingRun:
+    """PLUMBING: one training phase's resumable state in out_dir/checkpoint/, shared by train_sft and
+    train_rl, so that the loops hold the method and this holds the bookkeeping:
+
+        run = TrainingRun("sft", out_dir, metrics_path, num_updates, identity, ...)
+        run.resume(model, optimizer, scheduler)     # restore the last checkpoint, if there is one
+        with run:                                    # the progress bar
+            for update_idx in run.updates():         # the updates still to do (up to stop_after)
+                ...                                  # the phase's own update
+                run.end_update(record, line, info)   # print, buffer the metrics line, checkpoint when due
+        summary = run.finish(model, tokenizer, summary)  # the final model and summary.json, once
+
+    Metrics lines are appended together with the checkpoint that covers them, so an update redone
+    after a crash never logs twice. `identity` (the config without operational fields, a fingerprint
+    of the data, ...) must equal the saved one, or resuming refuses; `record` is saved, not checked.
+    Under `accelerate launch` only the main process writes, and `barrier` lines the processes up."""
+
+    def __init__(self, label: str, out_dir: Path, metrics_path: Path, num_updates: int, identity: dict, *,
+                 checkpoint_every: int, console, progress: bool = True, stop_after: int | None = None,
+                 on_update=None, record: dict | None = None, main_process: bool = True, barrier=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.label, self.out_dir, self.metrics_path = label, Path(out_dir), Path(metrics_path)
+        self.path = self.out_dir / "checkpoint"
+        self.num_updates, self.identity, self.record = num_updates, identity, record or {}
+        self.checkpoint_every, self.stop_after, self.on_update = checkpoint_every, stop_after, on_update
+        self.console, self.main_process, self.barrier = console, main_process, barrier or (lambda: None)
+        self.done = 0  # updates done, by this call and earlier ones
+        self.finished_before = False  # the saved state was finished: only its weights were restored
+        self.pending: list[dict] = []  # metrics lines that no checkpoint covers yet
+        self.model = self.optimizer = self.scheduler = None
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                                 disable=not progress)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.num_updates
+
+    def resume(self, model, optimizer, scheduler=None) -> int:
+        """Remove what a save killed half way left (checkpoint.tmp*, final.tmp*, ...), then restore the
+        last checkpoint, if there is one: weights, optimiser, scheduler and RNG (only the weights of a
+        finished one). A checkpoint of another identity is refused. Returns the updates already done."""
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        if self.main_process:
+            for directory in (self.out_dir, self.path):
+                remove_temporaries(directory)
+        found = find_training_state(self.path)
+        if found is None:
+            return 0
+        saved = json.loads((found / "state.json").read_text())
+        if any(saved.get(key) != value for key, value in self.identity.items()):
+            raise ValueError(f"{found} was written by a run with other data or settings; use another out_dir")
+        self.finished_before = saved.get("finished", False)
+        optimizer = None if self.finished_before else optimizer
+        self.done = load_training_state(found, model, optimizer, scheduler)["update"]
+        self.console.print(f"{self.label}: resumed from {found} after update {self.done}/{self.num_updates}")
+        return self.done
+
+    def updates(self) -> range:
+        """The indices of the updates this call does: from the first not done to the end, or to stop_after."""
+        end = self.num_updates if self.stop_after is None else min(self.num_updates, self.stop_after)
+        return range(self.done, end)
+
+    def __enter__(self) -> "TrainingRun":
+        self.progress.start()
+        self.bar = self.progress.add_task(self.label, total=self.num_updates, completed=self.done, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def end_update(self, record: dict, line: str, info: str = "") -> None:
+        """One update is done: print its line, keep its metrics line, and checkpoint when one is due:
+        every checkpoint_every updates, after the last update, and where this call stops (stop_after)."""
+        self.done += 1
+        self.pending.append(record)
+        self.console.print(line, highlight=False)
+        self.progress.update(self.bar, advance=1, info=info)
+        if self.on_update is not None:
+            self.on_update(record)
+        if self.done % self.checkpoint_every == 0 or self.done == self.num_updates or self.done == self.stop_after:
+            state = {"update": self.done, "num_updates": self.num_updates, **self.identity, **self.record,
+                     "commit": git_commit()}
+            if self.main_process:
+                save_training_state(self.path, self.model, self.optimizer, state, self.scheduler)
+                for pending in self.pending:
+                    append_jsonl(self.metrics_path, pending)
+            self.pending = []
+            self.barrier()
+
+    def finish(self, model, tokenizer, summary: dict) -> dict:
+        """After the last update: the final model in Hugging Face format and summary.json in out_dir,
+        then the checkpoint marked finished (it keeps the weights once and drops the optimiser state).
+        A run that had finished before returns its saved summary, marked restored. Stopped early:
+        nothing is written. Returns the summary."""
+        if self.finished_before:
+            summary = {**json.loads((self.out_dir / "summary.json").read_text()), "restored": True}
+        elif self.finished and self.main_process:
+            save_final(self.out_dir, model, tokenizer)
+            write_json_atomic(self.out_dir / "summary.json", summary)
+            finish_training_state(self.path)  # last: a crash before it saves the final model again
+        self.barrier()
+        return summary
+
+    def outcome(self) -> str:
+        """The end of the phase's last line: where the model went, or how to go on."""
+        return f" -> {self.out_dir}" if self.finished else " (stopped early; re-run to resume)"
+
+
+def save_final(path: Path, model, tokenizer) -> None:
+    """The trained model in Hugging Face format, file by file atomically, next to checkpoint/."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="final.tmp", dir=path))
+    model.save_pretrained(str(tmp))  # full weights, or only the adapter for a peft model
+    tokenizer.save_pretrained(str(tmp))
+    for item in tmp.iterdir():
+        os.replace(item, path / item.name)
+    tmp.rmdir()
 
 
 def save_training_state(path: Path, model, optimizer, state: dict, scheduler=None) -> None:

@@ -8,7 +8,9 @@ tokens. System, task and observation tokens are context only.
 
 The loop is written out: zero_grad -> forward -> loss -> backward -> clip -> step, with AdamW, a
 cosine schedule with linear warmup, gradient accumulation and clipping. `accelerate.Accelerator`
-only places tensors and, under `accelerate launch`, averages gradients across GPUs (DDP).
+only places tensors and, under `accelerate launch`, averages gradients across GPUs (DDP). The
+log-probs come from `student.masked_token_logprobs`, the function RL's loss uses too, and the
+resume / metrics / final-save bookkeeping from `runs.TrainingRun`, which RL shares.
 
 Deviations from the paper (and from common SFT recipes), each with its reason:
 1. Learning rate and epochs: the paper fine-tunes a 7B model fully at lr 7e-6 for 3 epochs. The CPU
@@ -42,20 +44,17 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from agent import Trajectory, derive_seed, render_ids
-from runs import (append_jsonl, find_training_state, finish_training_state, git_commit, load_training_state,
-                  make_console, remove_temporaries, save_training_state, write_json_atomic)
+from runs import TrainingRun, git_commit, make_console
+from student import masked_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ SFT_PRESETS = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: trajectory -> token ids and loss mask (the one mask function)
+# METHOD: the data, trajectory -> token ids and loss mask (the one mask function)
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
@@ -139,7 +138,7 @@ def build_example(tokenizer, trajectory: Trajectory, max_length: int, eot_ids: s
 
 
 # ----------------------------------------------------------------------------------------------
-# Packing: documents -> rows -> updates
+# PLUMBING: packing, documents -> rows -> updates (deviation 2)
 
 
 @dataclass
@@ -198,28 +197,23 @@ def plan_updates(lengths: Sequence[int], config: SFTConfig, world_size: int) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# The loss and the schedule
+# METHOD: the loss and the schedule
 
 
 def masked_nll_sum(model, row: Row, device) -> tuple[torch.Tensor, int]:
     """Sum of -log pi(y_t | y_<t) over the row's supervised tokens, and their count.
 
-    Position p predicts token p+1, so the head runs only at positions whose next token has mask 1:
-    `logits_to_keep` (a 1-D tensor of positions) makes the model apply its LM head to those N hidden
-    states only, so the (T, V) logits of a 49k..152k-entry vocabulary never exist, only (N, V).
-    PLUMBING: attention_mask=None with restarting position_ids makes transformers build a
-    block-diagonal causal mask (one block per document); use_cache=False is required, otherwise the
-    model creates a cache and silently falls back to one causal mask over the whole row.
+    The log-probs come from student.masked_token_logprobs, as RL's do: the LM head runs only at the
+    positions whose next token has mask 1. attention_mask None with positions restarting at 0 for
+    each document makes transformers build a block-diagonal causal mask (one block per document).
+    `model` is a causal LM, or the loop's accelerate-prepared RowLogprobs around one (the same call).
     """
     ids = torch.tensor([row.ids], device=device)  # (1, T)
     positions = torch.tensor([row.positions], device=device)  # (1, T)
-    target_mask = torch.tensor(row.mask, device=device, dtype=torch.bool)  # (T,)
-    keep = target_mask[1:].nonzero().squeeze(-1)  # (N,) positions p whose next token p+1 is supervised
-    logits = model(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=False,
-                   logits_to_keep=keep).logits[0]  # (N, V)
-    targets = ids[0, keep + 1]  # (N,)
-    nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return nll_sum, int(targets.numel())
+    mask = torch.tensor([row.mask], device=device)  # (1, T)
+    scorer = model if isinstance(getattr(model, "module", model), RowLogprobs) else RowLogprobs(model)
+    logprobs = scorer(ids, positions, mask)  # (N,)
+    return -logprobs.sum(), int(logprobs.numel())
 
 
 def micro_batch_loss(model, row: Row, device, num_update_tokens: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,57 +241,7 @@ def lr_factor(update_idx: int, num_updates: int, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# PLUMBING: checkpoints (weights or adapter, optimiser, scheduler, RNG, update index)
-
-
-def save_final(path: Path, model, tokenizer) -> None:
-    """The trained model in Hugging Face format, file by file atomically, next to checkpoint/."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="final.tmp", dir=path))
-    model.save_pretrained(str(tmp))  # full weights, or only the adapter for a peft model
-    tokenizer.save_pretrained(str(tmp))
-    for item in tmp.iterdir():
-        os.replace(item, path / item.name)
-    tmp.rmdir()
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
-
-
-def forget_gguf_origin(model) -> None:
-    """PLUMBING: the offline student is converted from GGUF (student.convert_gguf); it holds ordinary
-    float tensors, but its config still names the GGUF quantizer, and transformers' save_pretrained
-    refuses to save a "quantized" model. Nothing is quantized, so the stale marker is dropped."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    quant = getattr(core.config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if str(getattr(method, "value", method)) == "gguf":
-        core.hf_quantizer, core.is_quantized = None, False
-        del core.config.quantization_config
-
-
-def cast_parameters(model, dtype: torch.dtype) -> None:
-    """Cast the weights only. `model.to(dtype)` would also cast buffers such as RoPE's inv_freq,
-    which transformers keeps in fp32: a bf16 round trip would leave the model slightly different."""
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
-
-
-def prepare_model(student, config: SFTConfig) -> bool:
-    """LoRA or full weights (METHOD.md phase 2). Returns True when training a LoRA adapter."""
-    forget_gguf_origin(student.model)
-    num_params = sum(p.numel() for p in student.causal_lm().parameters())
-    already_lora = hasattr(student.model, "peft_config")
-    use_lora = config.lora if config.lora is not None else (already_lora or num_params >= 1e9)
-    if already_lora and not use_lora:
-        raise ValueError("this student is a LoRA checkpoint; full fine-tuning needs merged weights")
-    if use_lora and not already_lora:
-        student.attach_lora(rank=config.lora_rank, alpha=config.lora_alpha)  # a fresh, seeded adapter
-    if not use_lora:
-        for p in student.model.parameters():
-            p.requires_grad_(True)
-    return use_lora
+# METHOD: the loop
 
 
 def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, out_dir: Path,
@@ -311,8 +255,7 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     Returns a summary dict (also written to out_dir/summary.json when training is complete).
     """
     from accelerate import Accelerator
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    out_dir, metrics_path = Path(out_dir), Path(metrics_path)
+    out_dir = Path(out_dir)
     if config.max_length > config.micro_batch_tokens:
         raise ValueError(f"max_length {config.max_length} must fit one row of micro_batch_tokens {config.micro_batch_tokens}")
     accelerator = Accelerator(cpu=student.device.type == "cpu",
@@ -327,7 +270,6 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
         raise ValueError("no trajectory has an assistant token to train on")
     plan = plan_updates([len(e.ids) for e in examples], config, accelerator.num_processes)
     num_updates, warmup = len(plan), math.ceil(config.warmup_ratio * len(plan))
-    fingerprint = derive_seed([e.ids for e in examples], [e.mask for e in examples])
     total_tokens = sum(len(e.ids) for e in examples)
     supervised = sum(sum(e.mask) for e in examples)
     rows_per_epoch = len(first_fit(range(len(examples)), [len(e.ids) for e in examples], config.micro_batch_tokens))
@@ -339,55 +281,39 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     # 2. Model, optimiser, schedule. The seed makes a fresh LoRA adapter identical on every process.
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    use_lora = prepare_model(student, config)
+    original_dtype = next(student.model.parameters()).dtype  # handed back in it (deviation 5)
+    use_lora = prepare_model(student, config)  # LoRA, or every weight in fp32; gradient checkpointing
     model = student.model
-    original_dtype = next(model.parameters()).dtype
-    if not use_lora and original_dtype != torch.float32:  # deviation 5: fp32 master weights
-        cast_parameters(model, torch.float32)
-    if config.gradient_checkpointing:
-        student.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     console.print(f"{label}: {'LoRA r=' + str(config.lora_rank) if use_lora else 'full fine-tuning'}, "
                   f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, lr {config.lr:g}")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, num_updates, warmup))
     # The scheduler is not prepared: accelerate would step it once per process, and our update
-    # count is already global.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # count is already global. What is prepared is the forward (RowLogprobs): DDP averages the
+    # gradients of what runs inside the forward of the module it wraps.
+    scorer, optimizer = accelerator.prepare(RowLogprobs(model), optimizer)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
 
-    # 3. Resume: same data and settings, or refuse.
-    config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL}
-    start, ckpt_path, already_finished = 0, out_dir / "checkpoint", False
-    if accelerator.is_main_process:  # what a save killed half way left (checkpoint.tmp*, final.tmp*, ...)
-        for directory in (out_dir, ckpt_path):
-            remove_temporaries(directory)
-    found = find_training_state(ckpt_path)
-    if found is not None:
-        saved = json.loads((found / "state.json").read_text())
-        if saved["config"] != config_dict or saved["fingerprint"] != fingerprint or saved["world_size"] != world:
-            raise ValueError(f"{found} was written by a run with other data or settings; use another out_dir")
-        already_finished = saved.get("finished", False)  # then only the weights are restored
-        state = load_training_state(found, accelerator.unwrap_model(model), None if already_finished else optimizer,
-                                    scheduler)
-        start = state["update"]
-        console.print(f"{label}: resumed from {found} after update {start}/{num_updates}")
+    # 3. Resume: the last checkpoint of the same data and settings, if there is one.
+    run = TrainingRun(label, out_dir, metrics_path, num_updates, checkpoint_every=config.checkpoint_every,
+                      console=console, progress=config.progress, stop_after=stop_after, on_update=on_update,
+                      identity={"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL},
+                                "fingerprint": derive_seed([e.ids for e in examples], [e.mask for e in examples]),
+                                "world_size": world},
+                      record={"label": label}, main_process=accelerator.is_main_process,
+                      barrier=accelerator.wait_for_everyone)
+    run.resume(model, optimizer, scheduler)
 
-    # 4. The loop.
+    # 4. The loop: zero_grad -> (forward -> loss -> backward) per row -> clip -> step.
     wall_s, last_loss = 0.0, float("nan")
-    pending: list[dict] = []  # metrics lines, appended with the next checkpoint (a redone update never repeats one)
     model.train()
-    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeRemainingColumn(), console=console, disable=not config.progress)
-    with progress:
-        bar = progress.add_task(label, total=num_updates, completed=start, info="")
-        for update_idx in range(start, num_updates):
-            if stop_after is not None and update_idx >= stop_after:
-                break
+    with run:
+        for update_idx in run.updates():
             update_began = time.perf_counter()
             rows = [pack_row([examples[d] for d in docs]) for docs in plan[update_idx]]
             num_update_tokens = sum(sum(r.mask) for r in rows)  # N: supervised tokens, all processes
-            mine = rows[rank::world]
+            mine = rows[rank::world]  # this process's rows; the others take the rest
             weights = [1.0] * len(mine)
             if not mine:  # fewer rows than processes: join the gradient all-reduce with a zero loss
                 mine, weights = rows[:1], [0.0]
@@ -395,9 +321,10 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
             nll_total = torch.zeros((), device=device)
             for i, (row, weight) in enumerate(zip(mine, weights)):
                 last = i == len(mine) - 1  # DDP all-reduces gradients on the last micro-batch only
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss, nll_sum = micro_batch_loss(model, row, device, num_update_tokens, world)  # forward + loss
-                    accelerator.backward(loss * weight)  # backward: accumulates into .grad
+                with contextlib.nullcontext() if last else accelerator.no_sync(scorer):
+                    # forward, and this row's share of L = (1/N) sum_r sum_t m_rt * -log pi(y_rt | y_r,<t)
+                    loss, nll_sum = micro_batch_loss(scorer, row, device, num_update_tokens, world)
+                    accelerator.backward(loss * weight)  # backward: the rows' gradients add up to dL
                 nll_total += nll_sum * weight
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # clip (returns the norm before)
             lr = scheduler.get_last_lr()[0]
@@ -421,51 +348,94 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
                 "sft/lr": lr,  # learning rate this update used
                 "sft/grad_norm": float(grad_norm),  # global gradient norm before clipping
             }
-            pending.append(record)
-            console.print(f"{label} update {update_idx + 1}/{num_updates} loss {last_loss:.4f} lr {lr:.2e} "
-                          f"grad_norm {float(grad_norm):.2f} tokens {num_update_tokens}/{row_tokens} "
-                          f"{record['sft/tok_per_s']:.0f} tok/s")
-            progress.update(bar, advance=1, info=f"loss {last_loss:.3f}")
-            if on_update is not None:
-                on_update(record)
-
-            finished = update_idx + 1 == num_updates
-            stopping = stop_after is not None and update_idx + 1 >= stop_after
-            if (update_idx + 1) % config.checkpoint_every == 0 or finished or stopping:
-                state = {"update": update_idx + 1, "num_updates": num_updates, "config": config_dict,
-                         "fingerprint": fingerprint, "world_size": world, "label": label, "commit": git_commit()}
-                if accelerator.is_main_process:
-                    save_training_state(ckpt_path, accelerator.unwrap_model(model), optimizer, state, scheduler)
-                    for line in pending:
-                        append_jsonl(metrics_path, line)
-                pending = []
-                accelerator.wait_for_everyone()
-            start = update_idx + 1
+            run.end_update(record, f"{label} update {update_idx + 1}/{num_updates} loss {last_loss:.4f} lr {lr:.2e} "
+                                   f"grad_norm {float(grad_norm):.2f} tokens {num_update_tokens}/{row_tokens} "
+                                   f"{record['sft/tok_per_s']:.0f} tok/s", info=f"loss {last_loss:.3f}")
 
     # 5. Hand the student back ready to sample; save the final model once all updates are done.
     model.eval()
-    student.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if config.gradient_checkpointing:
         student.causal_lm().gradient_checkpointing_disable()
     if not use_lora and original_dtype != torch.float32:
         cast_parameters(student.model, original_dtype)
-    summary = {"label": label, "examples": len(examples), "truncated": sum(e.truncated for e in examples),
-               "tokens": total_tokens, "supervised_tokens": supervised, "updates_done": start,
-               "num_updates": num_updates, "final_loss": last_loss, "train_wall_s": wall_s,
-               "lora": use_lora, "out_dir": str(out_dir), "finished": start == num_updates,
-               "commit": git_commit(), "config": dataclasses.asdict(config)}
-    if already_finished:
-        summary = {**json.loads((out_dir / "summary.json").read_text()), "restored": True}
-    elif start == num_updates and accelerator.is_main_process:
-        save_final(out_dir, student.model, student.tokenizer)
-        write_json_atomic(out_dir / "summary.json", summary)
-        # Mark the checkpoint finished last: a finished phase keeps its trained weights (a re-run
-        # restores them) once, and drops the optimiser state, the largest file.
-        finish_training_state(ckpt_path)
-    accelerator.wait_for_everyone()
-    console.print(f"{label}: {start}/{num_updates} updates, final loss {summary['final_loss']:.4f}, {wall_s:.0f} s"
-                  + (f" -> {out_dir}" if start == num_updates else " (stopped early; re-run to resume)"))
+    summary = run.finish(student.model, student.tokenizer, {
+        "label": label, "examples": len(examples), "truncated": sum(e.truncated for e in examples),
+        "tokens": total_tokens, "supervised_tokens": supervised, "updates_done": run.done,
+        "num_updates": num_updates, "final_loss": last_loss, "train_wall_s": wall_s, "lora": use_lora,
+        "out_dir": str(out_dir), "finished": run.finished, "commit": git_commit(),
+        "config": dataclasses.asdict(config)})
+    console.print(f"{label}: {run.done}/{num_updates} updates, final loss {summary['final_loss']:.4f}, {wall_s:.0f} s"
+                  + run.outcome())
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# PLUMBING: the model to train (shared with rl.py), and the forward as a module for accelerate
+
+
+def prepare_model(student, config, fresh_adapter: bool = False) -> bool:
+    """LoRA or full fine-tuning, for SFT and RL alike (config: an SFTConfig or an RLConfig; METHOD.md
+    phase 2). Returns True when training a LoRA adapter.
+
+    LoRA: config.lora, or by default for a LoRA checkpoint or a student of 1B parameters and more.
+    An adapter the student already has goes on training; a fresh one (seeded) is attached otherwise.
+    fresh_adapter (RL, its deviation 4) first merges an adapter the student has into its weights,
+    so that "adapter disabled" is exactly the policy RL starts from. Full fine-tuning trains every
+    weight in fp32: AdamW steps on bf16 weights would lose small updates (SFT casts back at the end,
+    RL keeps fp32). Gradient checkpointing (recompute activations in backward) if the config says so.
+    """
+    forget_gguf_origin(student.model)
+    given_lora = hasattr(student.model, "peft_config")
+    if given_lora and fresh_adapter:
+        student.model = student.model.merge_and_unload()
+    num_params = sum(p.numel() for p in student.causal_lm().parameters())
+    use_lora = config.lora if config.lora is not None else (given_lora or num_params >= 1e9)
+    has_lora = hasattr(student.model, "peft_config")
+    if has_lora and not use_lora:
+        raise ValueError("this student is a LoRA checkpoint; full fine-tuning needs merged weights")
+    if use_lora and not has_lora:
+        torch.manual_seed(config.seed)  # the fresh adapter's A matrices are random; B starts at 0
+        student.attach_lora(rank=config.lora_rank, alpha=config.lora_alpha)
+    if not use_lora:
+        cast_parameters(student.model, torch.float32)
+        student.model.requires_grad_(True)
+    if config.gradient_checkpointing:
+        student.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return use_lora
+
+
+def forget_gguf_origin(model) -> None:
+    """The offline student is converted from GGUF (student.convert_gguf); it holds ordinary float
+    tensors, but its config still names the GGUF quantizer, and transformers' save_pretrained
+    refuses to save a "quantized" model. Nothing is quantized, so the stale marker is dropped."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quant = getattr(core.config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf":
+        core.hf_quantizer, core.is_quantized = None, False
+        del core.config.quantization_config
+
+
+def cast_parameters(model, dtype: torch.dtype) -> None:
+    """Cast the weights only. `model.to(dtype)` would also cast buffers such as RoPE's inv_freq,
+    which transformers keeps in fp32: a bf16 round trip would leave the model slightly different."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
+class RowLogprobs(torch.nn.Module):
+    """The SFT forward as a module: log pi of a packed row's supervised tokens (masked_token_logprobs).
+
+    accelerate wraps the module it prepares (DDP under `accelerate launch`), and DDP synchronises
+    the gradients of what runs inside that module's forward, so the forward it wraps must be the
+    whole of it: decoder and head. It holds the model; it copies nothing."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_token_logprobs(self.model, ids, mask, attention_mask=None, position_ids=positions)  # (N,)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -598,6 +598,36 @@ def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def masked_token_logprobs(model, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                          chunk_tokens: int | None = None) -> torch.Tensor:
+    """METHOD: log pi(y_t | y_<t) of every token with loss_mask 1, row by row, left to right. -> (n,) fp32.
+
+    The one place where training reads log-probs: SFT's NLL (packed rows) and RL's policy loss
+    (left-padded rows). input_ids, loss_mask, attention_mask, position_ids: (B, T); `model` is a
+    *ForCausalLM, or a peft model around one. Position t predicts token t+1, so the LM head runs
+    only at the n positions whose NEXT token is supervised: the (B, T, V) logits of a 49k..152k
+    vocabulary never exist, only (n, V), or (chunk_tokens, V) at a time when chunked; with
+    gradients on, each chunk is then checkpointed (its logits recomputed in backward, not stored).
+    PLUMBING: use_cache=False is required for packed rows (attention_mask None, positions restarting
+    at each document): with a cache, transformers skips packed-sequence detection and silently uses
+    one causal mask over the whole row instead of one block per document."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: same layers
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     use_cache=False).last_hidden_state  # (B, T, H)
+    predicts = loss_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1, which is supervised
+    hidden, targets = hidden[:, :-1][predicts], input_ids[:, 1:][predicts]  # (n, H), (n,)
+    head = causal_lm.get_output_embeddings()
+    if chunk_tokens is None:
+        return token_logprobs(head, hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+    pieces = [checkpoint(token_logprobs, head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens],
+                         use_reentrant=False) if torch.is_grad_enabled()
+              else token_logprobs(head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens])
+              for s in range(0, targets.shape[0], chunk_tokens)]
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
 def load_student(name: str = "smol-135m", device: str = "auto", dtype: str = "auto",
                  threads: int | None = None) -> Student:
     """Load a preset, a hub id, a local directory, or a saved checkpoint (full or LoRA adapter)."""
