@@ -256,7 +256,9 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     knowing = score.parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
     score.open_teacher(knowing, tmp_path, [], console)
     assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3}
-    plain = score.parse_args([])
+    assert score.parse_args([]).teacher_knowledge == score.KNOWLEDGE  # the reference teacher's default
+    assert score.parse_args(["--teacher", "smol-135m-q4"]).teacher_knowledge == 0.0  # an LLM knows its own
+    plain = score.parse_args(["--teacher-knowledge", "0"])
     score.open_teacher(plain, tmp_path, [], console)  # through make_teacher, as before
     assert RecordingTeacher.made[-1]["knowledge"] in (None, 0.0)  # not passed, or passed as 0
     assert score.run_name(score.parse_args(["--teacher-knowledge", "0.3"])) != score.run_name(plain)
