@@ -42,8 +42,8 @@ import torch  # noqa: E402
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step  # noqa: E402
 from environment.tasks import load_tasks  # noqa: E402
-from rl import (RLConfig, autocast_dtype, build_row, prepare_model, rl_update, rollout_groups,  # noqa: E402
-                score_groups, select_start_states)
+from rl import (RLConfig, autocast_dtype, build_row, group_advantages, group_rewards, micro_batch_loss,  # noqa: E402
+                micro_batches, prepare_policy, rollout_groups, select_start_states)
 from tools import Sandbox  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
@@ -83,6 +83,23 @@ def planted_record(task, config: RolloutConfig) -> dict:
 SETTINGS = ("before", "after")
 
 
+def update(student, optimizer, params, rows, config, reference) -> dict:
+    """One RL update on fixed rows, the steps of rl.train_rl's update (zero_grad -> micro-batches of
+    forward + loss -> backward -> clip -> step), with the numbers this bench prints."""
+    num_tokens = sum(sum(r.mask) for r in rows)
+    student.model.train()
+    optimizer.zero_grad(set_to_none=True)
+    gap = 0.0
+    for micro in micro_batches(rows, config.micro_batch_tokens):
+        loss, _, gap_sum = micro_batch_loss(student, micro, num_tokens, config, reference)
+        loss.backward()
+        gap += gap_sum
+    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    student.model.eval()
+    return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=2, help="timed updates per setting (each on fresh start states)")
@@ -106,7 +123,7 @@ def main() -> None:
     tasks = load_tasks("arith", "test", config.prompts_per_update * num_updates, seed=0)
     records = [planted_record(t, rollout_config) for t in tasks]
     starts = select_start_states(records, {t.id: t for t in tasks}, config)
-    _, params, reference = prepare_model(student, config)
+    _, params, reference = prepare_policy(student, config)
     dtypes = {name: autocast_dtype(configs[name].autocast, student) for name in settings}
     optimizer = torch.optim.AdamW(params, lr=config.lr)
     timings = {name: {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "sampled_tok_per_s": [],
@@ -119,7 +136,8 @@ def main() -> None:
         groups = rollout_groups(student, batch, update_idx, configs[name], rollout_config, {}, None)
         rollout_s = time.perf_counter() - began
         began = time.perf_counter()
-        rewards, _, _, skipped = score_groups(student.tokenizer, batch, groups, configs[name])
+        rewards = [group_rewards(g, s, configs[name]) for s, g in zip(batch, groups)]
+        skipped = sum(group_advantages([r.reward for r in g], configs[name].advantage) is None for g in rewards)
         reward_s = time.perf_counter() - began
         # Synthetic advantages on every row (see the docstring): the cost of a full update.
         rows = [build_row(student.tokenizer, t, s.k, 1.0 if i % 2 else -1.0)
@@ -136,7 +154,7 @@ def main() -> None:
                 saved = ({k: v.detach().clone() for k, v in student.model.state_dict().items()},
                          copy.deepcopy(optimizer.state_dict()))
             began = time.perf_counter()
-            stats = rl_update(student, optimizer, params, rows, configs[trainer], reference)
+            stats = update(student, optimizer, params, rows, configs[trainer], reference)
             update_s = time.perf_counter() - began
             if saved is not None:
                 student.model.load_state_dict(saved[0])

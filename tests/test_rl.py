@@ -13,10 +13,11 @@ import torch
 from agent import RolloutConfig, Step, Trajectory, format_step, grade_trajectory, render_ids
 from environment.tasks import RefStep, Task
 from conftest import make_tiny_student
+import rl
 from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, group_advantages, group_rewards,
-                micro_batches, normalise_output, pad_left, prepare_model, rl_update, rollout_groups, same_signature,
-                select_start_states, step_limit, supervised_logprobs, train_rl)
-from student import Sample, ScriptedStudent, Student, token_logprobs
+                micro_batch_loss, micro_batches, normalise_output, pad_left, prepare_policy, rollout_groups,
+                same_signature, select_start_states, step_limit, train_rl)
+from student import Sample, ScriptedStudent, Student, masked_token_logprobs, token_logprobs
 from tools import ToolResult
 
 TASK = Task(id="toy-0", task_set="toy", question="What is 6 times 7?", answer="42", grader="numeric",
@@ -328,10 +329,44 @@ def test_continuation_mask(tokenizer):
         continuation_mask(rendered, 2)
 
 
+def accumulate(student, rows, config, reference=None):
+    """The update's gradient accumulation as train_rl writes it: each micro-batch's share of L with the
+    update-wide N, backpropagated. Returns (L, mean k3, mean |log-prob gap|); the gradients are in .grad."""
+    num_tokens = sum(sum(r.mask) for r in rows)
+    loss_total, kl_total, gap_total = 0.0, 0.0, 0.0
+    for micro in micro_batches(rows, config.micro_batch_tokens):
+        loss, kl_sum, gap_sum = micro_batch_loss(student, micro, num_tokens, config, reference)
+        loss.backward()
+        loss_total, kl_total, gap_total = loss_total + float(loss.detach()), kl_total + kl_sum, gap_total + gap_sum
+    return loss_total, kl_total / num_tokens, gap_total / num_tokens
+
+
+def naive_loss(student, rows, reference=None, kl_coef=0.0):
+    """L = -(1/N) sum_i sum_t m_it A_i log pi(y_it) (+ beta k3), one token at a time over unpadded prefixes,
+    backpropagated into student's .grad. Returns (L, mean k3)."""
+    num_tokens = sum(sum(r.mask) for r in rows)
+    naive, kl = 0.0, 0.0
+    for row in rows:
+        for t in range(1, len(row.ids)):
+            if row.mask[t]:
+                prefix = torch.tensor([row.ids[:t]])
+                logp = torch.log_softmax(student.model(prefix).logits[0, -1].float(), -1)[row.ids[t]]
+                k3 = torch.zeros(())
+                if reference is not None:
+                    with torch.no_grad():
+                        ref = torch.log_softmax(reference.model(prefix).logits[0, -1].float(), -1)[row.ids[t]]
+                    k3 = torch.exp(ref - logp) - (ref - logp) - 1
+                naive = naive + (-row.advantage * logp + kl_coef * k3) / num_tokens
+                kl += float(k3.detach()) / num_tokens
+    naive.backward()
+    return float(naive.detach()), kl
+
+
 def test_loss_matches_naive_loop(tokenizer):
-    """rl_update's loss (left padding, several micro-batches, chunked head, KL to a reference) equals an
-    explicit per-token loop over unpadded prefixes: value and every gradient. If this failed, the
-    normaliser, the masking, the padding or the KL term would be wrong."""
+    """The update's loss as train_rl accumulates it (micro_batch_loss over micro_batches: left padding,
+    several micro-batches, chunked head, KL to a reference) equals an explicit per-token loop over
+    unpadded prefixes: value and every gradient. If this failed, the normaliser, the masking, the
+    padding or the KL term would be wrong."""
     student = make_tiny_student(tokenizer, seed=1)
     reference = make_tiny_student(tokenizer, seed=2)  # any other policy: the KL term is then non-zero
     gen = torch.Generator().manual_seed(0)
@@ -342,26 +377,45 @@ def test_loss_matches_naive_loop(tokenizer):
         rows.append(TrainRow(ids, mask, advantage, [0.0] * sum(mask)))
     config = RLConfig(kl_coef=0.3, max_grad_norm=1e9, micro_batch_tokens=20, head_chunk_tokens=3)
     assert len(micro_batches(rows, config.micro_batch_tokens)) == 2  # one batch holds two padded rows
-    params = list(student.model.parameters())
-    stats = rl_update(student, torch.optim.SGD(params, lr=0.0), params, rows, config, reference)
+    loss, mean_kl, _ = accumulate(student, rows, config, reference)
     ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
 
     student.model.zero_grad()
-    num_tokens = sum(sum(r.mask) for r in rows)
-    naive, kl = 0.0, 0.0
-    for row in rows:
-        for t in range(1, len(row.ids)):
-            if row.mask[t]:
-                prefix = torch.tensor([row.ids[:t]])
-                logp = torch.log_softmax(student.model(prefix).logits[0, -1].float(), -1)[row.ids[t]]
-                with torch.no_grad():
-                    ref = torch.log_softmax(reference.model(prefix).logits[0, -1].float(), -1)[row.ids[t]]
-                k3 = torch.exp(ref - logp) - (ref - logp) - 1
-                naive = naive + (-row.advantage * logp + 0.3 * k3) / num_tokens
-                kl += float(k3.detach()) / num_tokens
-    naive.backward()
-    assert stats["loss"] == pytest.approx(float(naive.detach()), rel=1e-5) and stats["kl"] == pytest.approx(kl, rel=1e-4)
-    assert stats["supervised_tokens"] == num_tokens and kl > 0
+    naive, kl = naive_loss(student, rows, reference, kl_coef=0.3)
+    assert loss == pytest.approx(naive, rel=1e-5) and mean_kl == pytest.approx(kl, rel=1e-4) and kl > 0
+    for name, p in student.model.named_parameters():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_train_rl_update_is_the_naive_gradient_of_its_rows(tokenizer, tmp_path, monkeypatch):
+    """One update of train_rl itself (lr 0, so the weights stay where the gradient was taken) leaves in
+    .grad the gradient of the naive per-token loss over the rows it built, with N = their supervised
+    tokens, and logs that loss. If this failed, train_rl's loop would use another normaliser, drop a
+    micro-batch, or train on rows other than the continuations it sampled."""
+    stall = "<thought>Look.</thought>\n<code>\nprint(x)\n</code>"  # after WRONG: steps until the limit
+
+    def uneven(text):  # RIGHT then the answer (2 steps), or WRONG then stalling (4 steps): rows of two lengths
+        if text.count("<|im_start|>assistant") == 2:
+            return [RIGHT, WRONG]
+        return [stall] if "48" in text else [ANSWER]
+    built = []
+    real_build_row = rl.build_row
+    monkeypatch.setattr(rl, "build_row", lambda *a: built.append(real_build_row(*a)) or built[-1])
+    student = CandidateStudent(make_tiny_student(tokenizer, seed=9), uneven)
+    config = quick(num_updates=1, group_size=8, lr=0.0, max_grad_norm=1e9, kl_coef=0.3, head_chunk_tokens=5,
+                   micro_batch_tokens=1500)
+    run_candidates(tmp_path, student, config)
+    [record] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    batches = micro_batches(built, config.micro_batch_tokens)
+    assert record["rl/skipped_groups"] == 0 and len(built) == 8 and len({len(r.ids) for r in built}) == 2
+    assert len(batches) > 1 and any(len({len(r.ids) for r in b}) > 1 for b in batches)  # padded, several batches
+    ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
+
+    student.model.zero_grad()
+    reference = make_tiny_student(tokenizer, seed=9)  # the policy the update started from: KL 0
+    naive, kl = naive_loss(student, built, reference, kl_coef=0.3)
+    assert record["rl/loss"] == pytest.approx(naive, rel=1e-5) and record["rl/kl"] == pytest.approx(kl, abs=1e-7)
+    assert record["rl/supervised_tokens"] == sum(sum(r.mask) for r in built)
     for name, p in student.model.named_parameters():
         assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
 
@@ -381,9 +435,9 @@ def test_sampling_logprobs_match_training_forward(tokenizer):
     batches = micro_batches(rows, len(rows) * max(len(r.ids) for r in rows))
     assert len(batches) == 1 and len({len(r.ids) for r in rows}) > 1  # one batch, really left-padded
     for batch in batches:
-        tensors = pad_left(batch, student.pad_id, student.device)
-        with torch.no_grad():
-            trained = supervised_logprobs(student, *tensors, chunk_tokens=7)
+        ids, attention, positions, mask = pad_left(batch, student.pad_id, student.device)
+        with torch.no_grad(), student.compute():
+            trained = masked_token_logprobs(student.model, ids, mask, attention, positions, chunk_tokens=7)
         sampled = torch.tensor([lp for r in batch for lp in r.sampled_logprobs])
         assert trained.shape == sampled.shape and torch.allclose(trained, sampled, atol=1e-4)
 
@@ -442,7 +496,7 @@ def test_kl_is_zero_at_first_update_with_a_fresh_adapter(tokenizer, tmp_path):
     with torch.no_grad():
         sft_logits = sft.model(probe).logits
     merged = copy.deepcopy(sft)
-    use_lora, _, reference = prepare_model(merged, RLConfig(lora_rank=4, lora_alpha=8))
+    use_lora, _, reference = prepare_policy(merged, RLConfig(lora_rank=4, lora_alpha=8))
     with torch.no_grad(), merged.model.disable_adapter():
         assert use_lora and reference is None and torch.allclose(merged.model(probe).logits, sft_logits, atol=1e-4)
 
@@ -478,7 +532,7 @@ def test_resume_gives_the_same_weights(tokenizer, tmp_path):
 
 
 def test_autocast_samples_and_trains_in_the_same_dtype(tokenizer):
-    """RLConfig.autocast="bfloat16": prepare_model makes sampling and the update compute in bf16 over
+    """RLConfig.autocast="bfloat16": prepare_policy makes sampling and the update compute in bf16 over
     fp32 weights (the weights stay fp32, the step updates them), and the on-policy gap between the
     log-probs recorded at sampling and those of the update stays small; "off" keeps fp32 exactly.
     If this failed, bf16 RL would train on log-probs of a different policy than the one it sampled."""
@@ -486,7 +540,7 @@ def test_autocast_samples_and_trains_in_the_same_dtype(tokenizer):
     for setting in ("off", "bfloat16"):
         student = make_tiny_student(tokenizer, seed=8)
         config = RLConfig(autocast=setting, lora=False, group_size=2, prompts_per_update=2)
-        _, params, _ = prepare_model(student, config)
+        _, params, _ = prepare_policy(student, config)
         assert student.autocast_dtype == (None if setting == "off" else torch.bfloat16)
         assert all(p.dtype == torch.float32 for p in params)
         starts = select_start_states([keystep_record()], {"toy-0": TASK}, config)
@@ -495,9 +549,10 @@ def test_autocast_samples_and_trains_in_the_same_dtype(tokenizer):
         rows = [build_row(tokenizer, t, s.k, 1.0 if i % 2 else -1.0) for s, g in zip(starts, groups)
                 for i, t in enumerate(g)]
         before = [p.detach().clone() for p in params]
-        stats = rl_update(student, torch.optim.SGD(params, lr=0.1), params, rows, config)
+        optimizer = torch.optim.SGD(params, lr=0.1)
+        _, _, gaps[setting] = accumulate(student, rows, config)
+        optimizer.step()
         assert any(not torch.equal(a, p) for a, p in zip(before, params))  # the fp32 weights moved
-        gaps[setting] = stats["logprob_gap"]
     assert gaps["off"] < 1e-5 and gaps["bfloat16"] < 1e-2, gaps
     with pytest.raises(ValueError, match="autocast"):
-        prepare_model(make_tiny_student(tokenizer), RLConfig(autocast="fp8", lora=False))
+        prepare_policy(make_tiny_student(tokenizer), RLConfig(autocast="fp8", lora=False))
