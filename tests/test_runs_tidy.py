@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_student
-from runs import (ConfigError, check_run_name, find_training_state, human_size, open_run, remove_temporaries,
-                  run_size, save_training_state)
+from runs import (ConfigError, TrainingRun, check_run_name, find_training_state, human_size, open_run,
+                  remove_temporaries, run_size, save_training_state)
 from sft import train_sft
 from student import load_student
 from test_sft import sum_trajectory, tiny_config
@@ -175,6 +175,54 @@ def test_an_unfinished_checkpoint_keeps_everything_a_resume_needs(tokenizer, tmp
     save_training_state(tmp_path / "checkpoint", student.model, optimizer, {"update": 1})
     found = find_training_state(tmp_path / "checkpoint")
     assert sorted(p.name for p in found.iterdir()) == ["optimizer.pt", "rng.pt", "state.json", "trainable.pt"]
+
+
+def test_training_run_logs_each_update_once_across_a_kill(tmp_path):
+    """TrainingRun (train_sft's and train_rl's bookkeeping) checkpoints every checkpoint_every updates and
+    where a call stops, and appends an update's metrics line only with the checkpoint that covers it:
+    after a kill between two checkpoints the resumed call redoes the uncovered updates, and every update
+    is logged exactly once. A checkpoint of another identity is refused in one line. Breaks if an update
+    is logged twice or lost, or a resume starts from the wrong update or another run's state."""
+    import io
+    from rich.console import Console
+    out, metrics = tmp_path / "out", tmp_path / "m.jsonl"
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    start = model.weight.detach().clone()
+
+    def training_run(stop_after=None, identity=None):
+        return TrainingRun("t", out, metrics, 7, identity or {"config": {"a": 1}}, checkpoint_every=3,
+                           console=Console(file=io.StringIO()), progress=False, stop_after=stop_after)
+
+    def logged():
+        return [json.loads(line)["u"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+
+    def train(run, kill_after=None):
+        with run:
+            for update_idx in run.updates():
+                with torch.no_grad():
+                    model.weight += 1.0  # the "update"
+                run.end_update({"u": update_idx + 1}, f"t update {update_idx + 1}")
+                if update_idx + 1 == kill_after:
+                    raise KeyboardInterrupt
+
+    first = training_run(stop_after=2)
+    assert first.resume(model, optimizer) == 0
+    train(first)
+    assert logged() == [1, 2] and not first.finished  # stopping after 2 checkpoints there
+    second = training_run()
+    assert second.resume(model, optimizer) == 2
+    with pytest.raises(KeyboardInterrupt):  # killed after update 4: 3 is checkpointed, 4 only printed
+        train(second, kill_after=4)
+    assert logged() == [1, 2, 3] and json.loads((out / "checkpoint" / "state.json").read_text())["update"] == 3
+    third = training_run()
+    assert third.resume(model, optimizer) == 3 and list(third.updates()) == [3, 4, 5, 6]
+    torch.testing.assert_close(model.weight, start + 3)  # the weights of update 3, not those of the lost 4
+    train(third)
+    assert logged() == [1, 2, 3, 4, 5, 6, 7] and third.finished
+    with pytest.raises(ValueError) as error:
+        training_run(identity={"config": {"a": 2}}).resume(model, optimizer)
+    assert "\n" not in str(error.value) and "other data or settings" in str(error.value)
 
 
 def test_remove_temporaries_leaves_other_names_alone(tmp_path):
