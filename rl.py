@@ -55,12 +55,12 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import inspect
 import json
 import math
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -364,7 +364,7 @@ def build_row(tokenizer, trajectory: Trajectory, first_generated_step: int, adva
 
 
 def micro_batch_loss(student: Student, rows: Sequence[TrainRow], num_tokens: int, config: RLConfig,
-                     reference: Student | None = None) -> tuple[torch.Tensor, float, float]:
+                     reference: Student | None = None) -> tuple[torch.Tensor, dict]:
     """METHOD: the forward pass and this micro-batch's share of the update's loss, over its n supervised tokens:
 
         L = -(1/N) sum_i sum_t m_it * A_i * log pi(y_it)   N = tokens with m = 1 in the whole update
@@ -372,26 +372,30 @@ def micro_batch_loss(student: Student, rows: Sequence[TrainRow], num_tokens: int
 
     Summing the micro-batches' terms gives exactly L (gradient accumulation). The KL reference is
     `reference` (a frozen copy, full fine-tuning) or, when None, this model with its LoRA adapter
-    disabled. Returns (the loss term, its sum of k3, its sum of |log pi at sampling - log pi here|)."""
+    disabled. Returns (the loss term, {"loss": its value, "kl": its sum of k3, "logprob_gap": its sum of
+    |log pi at sampling - log pi here|}), numbers the update adds up over its micro-batches."""
     ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)  # (b, T) each
     with student.compute():  # the sampler's compute dtype: the log-probs it recorded are these
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)  # (n,)
+        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions,
+                                         config.head_chunk_tokens)  # (n,) log pi(y_it)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))],
                               device=logprobs.device)  # (n,) A_i repeated over its tokens
-    loss = -(advantages * logprobs).sum() / num_tokens
+    loss = -(advantages * logprobs).sum() / num_tokens  # the policy-gradient term, over the update's N
     kl_sum = 0.0
     if config.kl_coef > 0:  # log pi_ref of the same tokens: a frozen copy, or this model without its adapter
         scorer = reference or student
-        with torch.no_grad(), (student.model.disable_adapter() if reference is None else contextlib.nullcontext()), \
-                scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
+        with torch.no_grad(), adapter_off, scorer.compute():
+            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions,
+                                                 config.head_chunk_tokens)  # (n,) log pi_ref(y_it)
         delta = ref_logprobs - logprobs  # q - p
         k3 = torch.exp(delta) - delta - 1  # (n,) >= 0, and 0 where pi = pi_ref
         loss = loss + config.kl_coef * k3.sum() / num_tokens
         kl_sum = float(k3.detach().sum())
     # On-policy check: the sampler's log-probs against this forward pass (0 up to float rounding).
     sampled = torch.tensor([lp for r in rows for lp in r.sampled_logprobs], device=logprobs.device)
-    return loss, kl_sum, float((sampled - logprobs.detach()).abs().sum())
+    gap_sum = float((sampled - logprobs.detach()).abs().sum())
+    return loss, {"loss": float(loss.detach()), "kl": kl_sum, "logprob_gap": gap_sum}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,7 +434,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
         console.print("rl: skipped: 0 start states (no key-step record with last=True in this split)")
         return {"label": "rl", "updates_done": 0, "num_updates": 0, "finished": True, "start_states": 0}
 
-    # The policy (a fresh LoRA adapter, or every weight), its optimiser, the KL reference; resume if a checkpoint exists.
+    # The policy (a fresh LoRA adapter, or every weight), its optimiser, the KL reference; then resume
+    # from the checkpoint of the same start states and settings, if there is one.
     use_lora, params, reference = prepare_policy(student, config)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     console.print(f"rl: {'LoRA r=' + str(config.lora_rank) if use_lora else 'full fine-tuning'}, "
@@ -440,7 +445,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
                       console=console, progress=config.progress, stop_after=stop_after, on_update=on_update,
                       identity={"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL},
                                 "fingerprint": derive_seed([s.key for s in starts], rollout_config.max_steps,
-                                                           rollout_config.max_new_tokens, rollout_config.max_context_tokens)})
+                                                           rollout_config.max_new_tokens,
+                                                           rollout_config.max_context_tokens)})
     run.resume(student.model, optimizer)
 
     indexes = build_indexes([s.task for s in starts])
@@ -450,7 +456,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             batch = [starts[i] for i in plan[update_idx]]
             # 1. Rollouts: G continuations of each start state by the current policy, all batched.
             t0 = time.perf_counter()
-            groups = rollout_groups(student, batch, update_idx, config, rollout_config, indexes, sandbox_factory)  # (P, G)
+            groups = rollout_groups(student, batch, update_idx, config, rollout_config, indexes,
+                                    sandbox_factory)  # (P, G) trajectories
             rollout_s, t0 = time.perf_counter() - t0, time.perf_counter()
             # 2. Rewards r_i: 1 if correct, else KEY_STEP_REWARDS by the verdict on a_k (continuation_reward).
             rewards = [group_rewards(g, s, config, teacher) for s, g in zip(batch, groups)]  # (P, G)
@@ -465,16 +472,16 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             #    L = -(1/N) sum_i sum_t A_i log pi(a_it | s_it), N = supervised tokens of the non-skipped
             #    groups: every sampled token weighs the same, whichever micro-batch it lands in.
             num_tokens = sum(sum(r.mask) for r in rows)  # N
-            sums, grad_norm = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0}, None
+            sums, grad_norm = Counter(), None  # the update's L, sum of k3, sum of |log-prob gap|
             if rows:
                 student.model.train()
                 optimizer.zero_grad(set_to_none=True)
                 for micro in micro_batches(rows, config.micro_batch_tokens):  # bounded padded tokens per forward
-                    loss, kl_sum, gap_sum = micro_batch_loss(student, micro, num_tokens, config, reference)  # forward + its share of L
+                    # forward, and this micro-batch's share of L (with the update's N)
+                    loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
                     loss.backward()  # the shares' gradients add up to dL
-                    sums = {"loss": sums["loss"] + float(loss.detach()), "kl": sums["kl"] + kl_sum,
-                            "logprob_gap": sums["logprob_gap"] + gap_sum}
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))  # the norm before clipping
+                    sums.update(numbers)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))  # norm before clipping
                 optimizer.step()
                 student.model.eval()  # the next rollouts sample
             update_s = time.perf_counter() - t0
@@ -562,9 +569,10 @@ def pad_left(rows: Sequence[TrainRow], pad_id: int, device) -> tuple[torch.Tenso
 
 
 def update_record(update_idx: int, per_epoch: int, batch: Sequence[StartState], groups, rewards, advantages,
-                  rows: Sequence[TrainRow], sums: dict, grad_norm: float | None, timings: dict, config: RLConfig) -> dict:
-    """The metrics line of one update: true means over its episodes or tokens. grad_norm is None when
-    every group was skipped (no step was taken)."""
+                  rows: Sequence[TrainRow], sums: dict, grad_norm: float | None, timings: dict,
+                  config: RLConfig) -> dict:
+    """The metrics line of one update: true means over its episodes or tokens. sums: what
+    micro_batch_loss returned, added up; grad_norm is None when every group was skipped (no step)."""
     flat = [r for group in rewards for r in group]
     used_advantages = [a for group in advantages if group is not None for a in group]
     sampled = [lp for g, s in zip(groups, batch) for t in g for step in t.steps[s.k - 1:] for lp in step.logprobs]
@@ -685,6 +693,7 @@ def _canonical_number(match: re.Match) -> str:
 def main(argv: list[str] | None = None) -> int:
     from environment.tasks import load_tasks
     from runs import read_jsonl
+    from sft import add_config_flags, config_from_flags
     from student import load_student
     parser = argparse.ArgumentParser(description="SCoRe-RL: prefix-restart REINFORCE from key-step records.")
     parser.add_argument("--keysteps", required=True, help="keysteps.jsonl written by the MPS phase")
@@ -698,22 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=RolloutConfig.max_new_tokens)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    # --help from the config: each field's one-line comment in RLConfig's source, and its default.
-    comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(RLConfig), re.MULTILINE))
-    for f in dataclasses.fields(RLConfig):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"))
+    add_config_flags(parser, RLConfig)  # --help from the config: each field's comment and default
     args = parser.parse_args(argv)
-
-    def parse(name: str, value):
-        field_type = str(next(f.type for f in dataclasses.fields(RLConfig) if f.name == name))
-        if name == "lora":
-            return {"auto": None, "true": True, "false": False}[value.lower()]
-        return value.lower() == "true" if field_type == "bool" else value
-    overrides = {f.name: parse(f.name, getattr(args, f.name)) for f in dataclasses.fields(RLConfig)
-                 if getattr(args, f.name) is not None}
-    config = dataclasses.replace(RLConfig(), **overrides)
+    config = config_from_flags(args, RLConfig)
     tasks = {t.id: t for name in args.tasks.split(",") for t in load_tasks(name.strip(), "train", None, args.task_seed)}
     teacher = None
     if config.key_step_judge == "teacher":

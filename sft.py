@@ -42,9 +42,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,7 +441,7 @@ class RowLogprobs(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# PLUMBING: a standalone command line (score.py normally calls train_sft)
+# PLUMBING: a standalone command line (score.py normally calls train_sft), its flags from the config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,24 +453,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (resumable; the final model in HF format)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    for f in dataclasses.fields(SFTConfig):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f"default: {f.default}")
+    add_config_flags(parser, SFTConfig)
     args = parser.parse_args(argv)
-
-    def parse(name: str, value):
-        if name == "lora":
-            return {"auto": None, "true": True, "false": False}[value.lower()]
-        field_type = str(next(f.type for f in dataclasses.fields(SFTConfig) if f.name == name))
-        return value.lower() == "true" if field_type == "bool" else value
-    overrides = {f.name: parse(f.name, getattr(args, f.name)) for f in dataclasses.fields(SFTConfig)
-                 if getattr(args, f.name) is not None}
-    config = dataclasses.replace(SFTConfig(), **overrides)
+    config = config_from_flags(args, SFTConfig)
     trajectories = [Trajectory.from_dict(r) for r in read_jsonl(Path(args.trajectories))]
     student = load_student(args.student, device=args.device, threads=args.threads)
     out = Path(args.out)
     print(json.dumps(train_sft(student, trajectories, config, out, out / "metrics.jsonl"), indent=2))
     return 0
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One --flag per field of a config dataclass (rl.py's main uses it too); its help is the field's
+    one-line comment in the class's source, and its default."""
+    comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE))
+    for f in dataclasses.fields(config_class):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"))
+
+
+def config_from_flags(args: argparse.Namespace, config_class):
+    """The config with the fields given as flags; booleans are "true" / "false", lora also "auto" (None)."""
+    def parse(f: dataclasses.Field, value: str):
+        if f.name == "lora":
+            return {"auto": None, "true": True, "false": False}[value.lower()]
+        return value.lower() == "true" if str(f.type) == "bool" else value
+    return config_class(**{f.name: parse(f, getattr(args, f.name)) for f in dataclasses.fields(config_class)
+                           if getattr(args, f.name) is not None})
 
 
 if __name__ == "__main__":

@@ -91,9 +91,9 @@ def update(student, optimizer, params, rows, config, reference) -> dict:
     optimizer.zero_grad(set_to_none=True)
     gap = 0.0
     for micro in micro_batches(rows, config.micro_batch_tokens):
-        loss, _, gap_sum = micro_batch_loss(student, micro, num_tokens, config, reference)
+        loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
         loss.backward()
-        gap += gap_sum
+        gap += numbers["logprob_gap"]
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     student.model.eval()

@@ -335,9 +335,12 @@ def accumulate(student, rows, config, reference=None):
     num_tokens = sum(sum(r.mask) for r in rows)
     loss_total, kl_total, gap_total = 0.0, 0.0, 0.0
     for micro in micro_batches(rows, config.micro_batch_tokens):
-        loss, kl_sum, gap_sum = micro_batch_loss(student, micro, num_tokens, config, reference)
+        loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
         loss.backward()
-        loss_total, kl_total, gap_total = loss_total + float(loss.detach()), kl_total + kl_sum, gap_total + gap_sum
+        assert numbers["loss"] == float(loss.detach())
+        loss_total += numbers["loss"]
+        kl_total += numbers["kl"]
+        gap_total += numbers["logprob_gap"]
     return loss_total, kl_total / num_tokens, gap_total / num_tokens
 
 
