@@ -74,33 +74,21 @@ def eval_labels(run_dir: Path) -> list[str]:
 
 
 def mps_command(run_dir: Path) -> str | None:
-    """The command that runs MPS in this run (None for an imitation run, which has none): `--run NAME`
-    and every option of its config.json that differs from what the command would take anyway, so the
-    run resumes instead of being refused for changed settings, or a fresh run being started."""
+    """The command that runs MPS in this run (None for an imitation run, which has none): its name and
+    the options of its config.json (score.command_for), so the run resumes instead of being refused for
+    changed settings, or a fresh run being started."""
     import dataclasses
-    import shlex
-    import score  # the config's fields, their defaults and the presets
+    import score
     path = run_dir / "config.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     if saved.get("method") == "imitation":
         return None
-    fields = {f.name: f.default for f in dataclasses.fields(score.Config)}
-    try:  # what the preset fills in for options left unset (n, max_steps, ...)
-        baseline = dataclasses.asdict(score.resolve(score.Config(preset=saved.get("preset", "cpu"))))
-    except Exception:  # an unknown preset (an older run): compare with the plain defaults
-        baseline = dict(fields)
-    baseline["preset"] = fields["preset"]  # "auto" may resolve otherwise elsewhere: the preset is always given
-    words = ["python", "score.py", *(["mps"] if "bc" in finished_phases(run_dir) else ["--phases", "bc,mps"]),
-             "--run", run_dir.name]
-    if Path(run_dir).parent != Path("runs"):
-        words += ["--runs-dir", str(Path(run_dir).parent)]
-    for name, value in saved.items():
-        if name not in fields or name in ("phases", "run", "runs_dir", "label") or value is None:
-            continue  # (None: left to the preset, as the first command left it)
-        if value != baseline.get(name):
-            option = "--" + name.replace("_", "-")
-            words += [option] if value is True else [option, str(value)]
-    return " ".join(shlex.quote(word) for word in words)
+    known = {f.name for f in dataclasses.fields(score.Config)}
+    config = score.Config(**{k: v for k, v in saved.items() if k in known})  # fields of older runs are dropped
+    runs_dir = str(Path(run_dir).parent) if Path(run_dir).parent != Path("runs") else "runs"
+    config = dataclasses.replace(config, run=run_dir.name, runs_dir=runs_dir,
+                                 preset=config.preset if config.preset in score.PRESETS else "cpu")
+    return score.command_for(config, "mps" if "bc" in finished_phases(run_dir) else "--phases bc,mps")
 
 
 def run_contents(run_dir: Path) -> str:

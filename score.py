@@ -1119,13 +1119,17 @@ def check_prerequisites(config: Config, run_dir: Path) -> None:
 
 
 def command_for(config: Config, phase: str) -> str:
-    """The command that runs `phase` with this config's options: those that differ from the preset's."""
+    """The command that runs `phase` (a phase, or `--phases a,b`) with this config's options: the preset,
+    and every option that differs from what the preset fills in, so the same run resumes."""
+    import shlex
     base = resolve(Config(preset=config.preset))
-    options = [f"{flag(f.name)} {getattr(config, f.name)}" for f in dataclasses.fields(Config)
-               if f.name not in ("phases", "preset") and getattr(config, f.name) is not None
-               and getattr(config, f.name) != getattr(base, f.name)]
-    return " ".join(["python score.py", phase] + (["--preset", config.preset] if config.preset != "cpu" else [])
-                    + options)
+    words = ["python", "score.py", *phase.split(), "--preset", config.preset]
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if f.name in ("phases", "preset", "label") or value is None or value == getattr(base, f.name):
+            continue
+        words += [flag(f.name)] if value is True else [flag(f.name), str(value)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def run_phases(config: Config, run_dir: Path, console) -> int:

@@ -69,7 +69,7 @@ def test_run_names_cannot_leave_the_runs_directory(tmp_path, capsys):
 
 def test_a_phase_that_needs_mps_records_names_the_command(tmp_path, capsys):
     line = fails_with_one_line(["rl", "--n", "3", "--seed", "4"], tmp_path / "runs", capsys, "has none")
-    assert f"`python score.py mps --n 3 --seed 4 --runs-dir {tmp_path / 'runs'}`" in line  # its own options
+    assert f"`python score.py mps --preset cpu --n 3 --seed 4 --runs-dir {tmp_path / 'runs'}`" in line  # its own options
 
 
 @pytest.mark.parametrize("content,needle", [
