@@ -6,6 +6,7 @@
     python score.py --teacher smol-135m-q4   # the same loop with a real LLM teacher through llama.cpp
     python score.py show RUN [TASK_ID]       # the audit view of MPS: first error, verdict, correction
     python score.py compare --seeds 0,1,2    # SCoRe against imitation and the RL ablations (compare.py)
+    python score.py assignments list         # the course kit: make, grade (course/kit.py)
 
 The default teacher is `reference`, a scripted expert that knows each generated task's reference
 solution: the only GGUF that ships offline (SmolLM2-135M) is far too small to teach (DESIGN.md,
@@ -1071,6 +1072,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "compare":  # every arm over seeds, one table (compare.py)
         from compare import main as compare_main
         return compare_main(argv[1:])
+    if argv and argv[0] == "assignments":  # the course kit: list | make | grade (course/kit.py)
+        from course.kit import main as assignments_main
+        return assignments_main(argv[1:])
     return guarded(lambda: run_loop(parse_args(argv), console), console)
 
 

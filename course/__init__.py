@@ -1,0 +1,1 @@
+"""The course kit: assignments cut from the reference code, graded by tests (course/kit.py)."""
