@@ -46,8 +46,10 @@ Deviations from the paper, each with its reason:
      exp(q - p) - (q - p) - 1 per sampled token: non-negative, unbiased, zero when pi = pi_ref.
   6. The template's end-of-turn token is not trained (SFT trains it): it was never sampled, so it
      is not an action of this policy and has no sampling log-prob (METHOD.md section 2).
-  7. One process, one device: `accelerate launch` data parallelism is not wired in for RL (rollouts
-     would need sharding across processes too).
+  7. Data parallel, not the paper's 8-GPU PPO setup: under `accelerate launch --num_processes N`
+     (or torchrun) each process samples and scores its share of an update's start states, the
+     normaliser N is summed over all processes, and the gradients are summed (not averaged) before the
+     one clipped step, so N processes take the same step as one (Processes, at the bottom).
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
 import re
 import time
@@ -415,7 +418,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     `stop_after` ends the call after that many updates in total; `on_update` sees each metrics record.
     """
     out_dir, samples_dir = Path(out_dir), Path(samples_dir)
-    console = make_console()
+    processes = Processes(student)  # one, or those of `accelerate launch` (deviation 7)
+    console = make_console(quiet=not processes.main)
     judge = config.key_step_judge
     if judge not in ("signature", "teacher") or (judge == "teacher" and teacher is None):
         raise ValueError("key_step_judge must be 'signature', or 'teacher' with a teacher object")
@@ -442,7 +446,8 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
                   f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, lr {config.lr:g}, "
                   f"advantage {config.advantage}, reward {config.reward}, kl {config.kl_coef:g}")
     run = TrainingRun("rl", out_dir, metrics_path, len(plan), checkpoint_every=config.checkpoint_every,
-                      console=console, progress=config.progress, stop_after=stop_after, on_update=on_update,
+                      console=console, progress=config.progress and processes.main, stop_after=stop_after,
+                      on_update=on_update, main_process=processes.main, barrier=processes.barrier,
                       identity={"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL},
                                 "fingerprint": derive_seed([s.key for s in starts], rollout_config.max_steps,
                                                            rollout_config.max_new_tokens,
@@ -453,7 +458,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     began, record = time.perf_counter(), {}
     with run:
         for update_idx in run.updates():
-            batch = [starts[i] for i in plan[update_idx]]
+            batch = processes.shard([starts[i] for i in plan[update_idx]])  # this process's start states (all, alone)
             # 1. Rollouts: G continuations of each start state by the current policy, all batched.
             t0 = time.perf_counter()
             groups = rollout_groups(student, batch, update_idx, config, rollout_config, indexes,
@@ -471,9 +476,9 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             # 4. One update (none if every group was skipped): zero_grad -> forward -> loss -> backward -> clip -> step.
             #    L = -(1/N) sum_i sum_t A_i log pi(a_it | s_it), N = supervised tokens of the non-skipped
             #    groups: every sampled token weighs the same, whichever micro-batch it lands in.
-            num_tokens = sum(sum(r.mask) for r in rows)  # N
+            num_tokens = processes.sum(sum(sum(r.mask) for r in rows))  # N, over every process's rows
             sums, grad_norm = Counter(), None  # the update's L, sum of k3, sum of |log-prob gap|
-            if rows:
+            if num_tokens:
                 student.model.train()
                 optimizer.zero_grad(set_to_none=True)
                 for micro in micro_batches(rows, config.micro_batch_tokens):  # bounded padded tokens per forward
@@ -481,14 +486,17 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
                     loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
                     loss.backward()  # the shares' gradients add up to dL
                     sums.update(numbers)
+                processes.sum_gradients(params)  # every process's shares, added up: all now hold dL
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))  # norm before clipping
                 optimizer.step()
                 student.model.eval()  # the next rollouts sample
             update_s = time.perf_counter() - t0
-            # 5. Log, dump one group's continuations, checkpoint when due.
+            # 5. Log, dump one group's continuations, checkpoint when due (rank 0, over the whole batch).
+            batch, groups, rewards, advantages, rows, sums = processes.gather(batch, groups, rewards, advantages,
+                                                                              rows, sums)
             record = update_record(update_idx, per_epoch, batch, groups, rewards, advantages, rows, sums, grad_norm,
                                    {"rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s}, config)
-            if update_idx % config.samples_every == 0:
+            if update_idx % config.samples_every == 0 and processes.main:
                 write_json_atomic(samples_dir / f"rl-update-{update_idx + 1:04d}.json",
                                   sample_record(update_idx + 1, batch[0], groups[0], rewards[0], advantages[0]))
             run.end_update(record, human_line(record, len(plan)), info=f"reward {record['rl/reward_mean']:.2f}")
@@ -639,6 +647,65 @@ def sample_record(update: int, start: StartState, group: Sequence[Trajectory], r
 
 def step_from_dict(record: dict) -> Step:
     return Step(**{f.name: record[f.name] for f in dataclasses.fields(Step) if f.name in record})
+
+
+# ----------------------------------------------------------------------------------------------
+# PLUMBING: data parallel over the processes of `accelerate launch` (deviation 7)
+
+
+class Processes:
+    """The processes sharing each RL update. Alone (no launcher), every method is the identity.
+
+    Under `accelerate launch --num_processes N` / torchrun, process r samples start states r, r + N, ...
+    of each update (their rollout seeds depend on the start state, not on r, so the episodes are those
+    one process would sample), N sums the supervised tokens of all processes, and the gradients are
+    summed: each process's loss terms are already divided by the global N, so the sum is dL."""
+
+    def __init__(self, student: Student):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        if self.world > 1:
+            from accelerate import PartialState
+            state = PartialState(cpu=student.device.type == "cpu")  # sets up the process group (gloo on CPU)
+            if student.device.type == "cuda" and student.device != state.device:  # one GPU per process
+                student.model.to(state.device)
+                student.device = state.device
+
+    def shard(self, items: list) -> list:
+        return items[self.rank::self.world]
+
+    def sum(self, number: int) -> int:
+        if self.world == 1:
+            return number
+        total = torch.tensor([number], dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        return int(total.item())
+
+    def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:  # a process with no rows still joins, with zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+
+    def gather(self, batch, groups, rewards, advantages, rows, sums):
+        """Every process's share of the update, back in the order of one process, for the metrics."""
+        if self.world == 1:
+            return batch, groups, rewards, advantages, rows, sums
+        pieces = [None] * self.world
+        torch.distributed.all_gather_object(pieces, (batch, groups, rewards, advantages, rows, sums))
+        longest = max(len(p[0]) for p in pieces)  # start i of process j was start i * N + j of the update
+        merged = [[p[field][i] for i in range(longest) for p in pieces if i < len(p[field])] for field in range(4)]
+        all_sums = Counter()
+        for p in pieces:
+            all_sums.update(p[5])  # update adds (a loss may be negative; Counter's + would drop it)
+        return (*merged, [row for p in pieces for row in p[4]], all_sums)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------------------------

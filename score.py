@@ -293,11 +293,12 @@ def check_config(config: Config) -> None:
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
-    single = [p for p in phases if p in ("mps", "rl")]
-    if world_size() > 1 and single:
-        raise ConfigError(f"{' and '.join(single)} run{'s' * (len(single) == 1)} in one process (batched rollouts on "
-                          "one device; METHOD.md, deviations): run them with plain python, and only bc and sft "
-                          "under accelerate launch")
+    if world_size() > 1 and "mps" in phases:
+        raise ConfigError("mps runs in one process (one teacher, batched rollouts on one device; METHOD.md, "
+                          "deviations): run it with plain python, and bc, sft and rl under accelerate launch")
+    if world_size() > 1 and "rl" in phases and config.key_step_judge == "teacher":
+        raise ConfigError("--key-step-judge teacher asks one teacher from one process: run rl with plain python, "
+                          "or with the signature judge under accelerate launch")
     if config.sandbox == "bwrap":
         from tools import probe_isolation
         if probe_isolation() != "bwrap":
@@ -699,7 +700,8 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     if not usable and config.rl_start == "prefix" and not episodes:
         reason = "0 examples: no key-step record in the RL half"
         console.print(f"rl: skipped: {reason}")
-        mark_phase_done(run_dir, "rl", {"trained": False, "skipped": reason})
+        if main_process():
+            mark_phase_done(run_dir, "rl", {"trained": False, "skipped": reason})
         return
     tasks_by_id = {t.id: t for t in load_tasks_for(config, "train")}
     teacher = open_teacher(config, run_dir, list(tasks_by_id.values()), console) \
@@ -725,7 +727,8 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
         counts["skipped"] = f"no signal: in all {summary['num_updates']} updates every group had equal rewards"
     if "skipped" in counts:
         console.print(f"rl: skipped: {counts['skipped']}")
-    mark_phase_done(run_dir, "rl", counts)
+    if main_process():  # under several processes rank 0 wrote metrics.jsonl and writes phases.json
+        mark_phase_done(run_dir, "rl", counts)
     if stepped:
         phase_eval(config, run_dir, console, label="rl", student_path=str(run_dir / "checkpoints" / "rl"))
 
