@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import csv
 import datetime
 import json
@@ -414,13 +415,15 @@ def cmd_grade(args) -> int:
             raise KitError(f"{d} is not a copy of the project (it has no score.py)")
     console = make_console()
     from rich.table import Table
-    rows, everything_passed = [], True
-    for directory in directories:
-        assignments = parse_only(args.only) if args.only else kit_assignments(directory)
-        results = grade_dir(directory, assignments, timeout_s=args.timeout, test_timeout_s=args.test_timeout)
+    chosen = {d: parse_only(args.only) if args.only else kit_assignments(d) for d in directories}  # errors first
+
+    def grade_one(directory: Path):
+        results = grade_dir(directory, chosen[directory], timeout_s=args.timeout, test_timeout_s=args.test_timeout)
         capstone = run_capstone(directory, args.capstone_args.split(), args.capstone_timeout) if args.capstone else None
-        everything_passed &= all(r.ok for r in results) and (capstone is None or capstone[0])
-        rows.append((directory, results, capstone))
+        return directory, results, capstone
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each grade is a subprocess
+        rows = list(pool.map(grade_one, directories))
+    everything_passed = all(all(r.ok for r in results) and (c is None or c[0]) for _, results, c in rows)
     if len(directories) == 1:
         directory, results, capstone = rows[0]
         table = Table(title=f"grade: {directory}")
@@ -432,12 +435,14 @@ def cmd_grade(args) -> int:
             table.add_row("capstone", "[green]passed[/]" if capstone[0] else "[red]failed[/]", "", capstone[1])
         console.print(table)
     else:  # many submissions: one row each, the first problem of each assignment in the JSON/CSV
-        names = [r.assignment for r in rows[0][1]]
+        names = list(dict.fromkeys(r.assignment for _, results, _ in rows for r in results))  # kits may differ
         table = Table(title=f"grade: {len(directories)} submissions")
         for column in ["submission", *names, *(["capstone"] if args.capstone else []), "passed"]:
             table.add_column(column)
         for directory, results, capstone in rows:
-            marks = ["[green]ok[/]" if r.ok else f"[red]{r.passed}/{r.total}[/]" for r in results]
+            by_name = {r.assignment: r for r in results}
+            marks = ["-" if n not in by_name else "[green]ok[/]" if by_name[n].ok
+                     else f"[red]{by_name[n].passed}/{by_name[n].total}[/]" for n in names]
             if capstone is not None:
                 marks.append("[green]ok[/]" if capstone[0] else "[red]no[/]")
             table.add_row(str(directory), *marks, f"{sum(r.ok for r in results)}/{len(results)}")
@@ -530,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--capstone-timeout", type=float, default=3600, help="seconds before the capstone counts as failed")
     grade.add_argument("--timeout", type=float, default=1200, help="seconds for all graders of one directory")
     grade.add_argument("--test-timeout", type=int, default=60, help="seconds for one test (an endless loop fails it)")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded at once (each is one process)")
     grade.add_argument("--json", help="also write one JSON line per submission and assignment to this file")
     grade.add_argument("--csv", help="also write the results as CSV (for a gradebook)")
     check = sub.add_parser("selfcheck", help="maintainers: reference passes, stubs and kept wrong variants fail")

@@ -87,16 +87,23 @@ def test_graders_pass_the_reference_and_fail_every_stub_and_every_kept_wrong_var
 
 
 def test_grade_prints_a_table_and_exits_by_the_result(full_kit, tmp_path, capsys):
-    """`assignments grade DIR` on an untouched kit fails every assignment with its stub's message
-    (exit 1); the JSON lines carry each failure; on the reference project it passes (exit 0)."""
-    out = tmp_path / "grades.jsonl"
-    assert kit.main(["grade", str(full_kit), "--only", "advantages,rl-mask", "--json", str(out)]) == 1
-    table = capsys.readouterr().out
-    assert "advantages" in table and "failed" in table and "NotImplementedError" in table
+    """`assignments grade` over a class (an untouched kit and the reference, two at once): exit 1, one
+    row per submission, and JSON/CSV lines in which every stub fails with its message and the
+    reference passes. One directory alone gets the per-assignment table; the reference exits 0."""
+    out, table_csv = tmp_path / "grades.jsonl", tmp_path / "grades.csv"
+    argv = ["grade", str(full_kit), str(ROOT), "--only", "advantages,rl-mask", "--jobs", "2",
+            "--json", str(out), "--csv", str(table_csv)]
+    assert kit.main(argv) == 1
+    assert "2 submissions" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["assignment"] for r in rows] == ["advantages", "rl-mask"] and not any(r["ok"] for r in rows)
-    assert all(r["passed"] == 0 and r["total"] >= 2 for r in rows)
+    assert [(r["submission"], r["assignment"]) for r in rows] == [
+        (str(full_kit), "advantages"), (str(full_kit), "rl-mask"), (str(ROOT), "advantages"), (str(ROOT), "rl-mask")]
+    stubbed, reference = rows[:2], rows[2:]
+    assert not any(r["ok"] or r["passed"] for r in stubbed) and all(r["total"] >= 2 for r in stubbed)
+    assert all("NotImplementedError" in r["failure"] for r in stubbed) and all(r["ok"] for r in reference)
+    assert len(table_csv.read_text().splitlines()) == 5  # a header and one line per submission and assignment
     assert kit.main(["grade", str(ROOT), "--only", "advantages"]) == 0
+    assert "passed" in capsys.readouterr().out
 
 
 def solve(directory: Path, assignments) -> None:
