@@ -257,7 +257,7 @@ def handout(assignments) -> str:
              "```bash", "python score.py assignments grade            # every assignment of this kit",
              "python score.py assignments grade --only " + assignments[0].name, "```", "",
              "When all pass, run the capstone: the whole loop (BC, MPS, SCoRe-SFT, SCoRe-RL) on your code:", "",
-             "```bash", "python score.py assignments grade --capstone   # about 15-25 minutes on a laptop CPU", "```", "",
+             "```bash", "python score.py assignments grade --capstone   # about 6 minutes on an idle 2-core CPU", "```", "",
              f"Expected time, all {len(assignments)}: about {total // 60} h {total % 60:02d} min.", "",
              "| assignment | functions | read | difficulty | time |", "|---|---|---|---|---|"]
     lines += [f"| {a.name} | {', '.join(f'`{f}`' for f in a.functions)} | {a.section} | {a.difficulty} | {a.minutes} min |"
@@ -311,7 +311,7 @@ def one_line(text: str) -> str:
     stub = re.match(r"NotImplementedError: assignment '[^']+': write (\S+)", first)
     if stub:  # an untouched stub: say so shortly (the full message is in the code)
         first = f"NotImplementedError: {stub.group(1)} is not written yet"
-    return first if len(first) <= 220 else first[:217] + "..."
+    return first if len(first) <= 400 else first[:397] + "..."
 
 
 def grade_dir(directory: Path, assignments, timeout_s: float = 1200, test_timeout_s: int = 60) -> list[Result]:
