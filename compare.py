@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import score
+from config import OPERATIONAL, PHASES, Config, check_memory, init_source, parse_args
 from report import duration, markdown_table, rich_table, score_cell, sign_test
 from runs import (ConfigError, config_hash, finished_phases, git_commit, make_console, read_jsonl, write_atomic,
                   write_json_atomic)
@@ -63,10 +64,10 @@ ARMS = {
     "imitation": Arm("imitation", (("--method", "imitation"),), ("eval", "bc"), ("bc",),
                      "BC on every training task (the paper's BC baseline)"),
     "score-sft": Arm("score", (), ("eval", "bc", "mps", "sft"), ("sft", "bc"), "BC share + MPS + SCoRe-SFT"),
-    "score": Arm("score", (), score.PHASES, ("rl", "sft", "bc"), "+ prefix-restart RL, key-step reward (SCoRe)"),
-    "outcome": Arm("outcome", (("--reward", "outcome"),), score.PHASES, ("rl", "sft", "bc"),
+    "score": Arm("score", (), PHASES, ("rl", "sft", "bc"), "+ prefix-restart RL, key-step reward (SCoRe)"),
+    "outcome": Arm("outcome", (("--reward", "outcome"),), PHASES, ("rl", "sft", "bc"),
                    "RL ablation: prefix restart, outcome reward"),
-    "question": Arm("question", (("--rl-start", "question"),), score.PHASES, ("rl", "sft", "bc"),
+    "question": Arm("question", (("--rl-start", "question"),), PHASES, ("rl", "sft", "bc"),
                     "RL ablation: RL from the bare question"),
 }
 BASELINE = "imitation"  # every arm is compared with it task by task
@@ -82,7 +83,7 @@ ROW_NAMES = {"base": "student before", "bc": "after BC", "sft": "after SFT", "rl
 
 @dataclass(frozen=True)
 class Request:
-    config: score.Config  # the options shared by every arm (seed 0 and the arms' own fields at default)
+    config: Config  # the options shared by every arm (seed 0 and the arms' own fields at default)
     loop_args: tuple[str, ...]  # the same, as score.py arguments, passed on to every arm's run
     seeds: tuple[int, ...]
     arms: tuple[str, ...]
@@ -120,7 +121,7 @@ def parse_arms(text: str | None) -> tuple[str, ...]:
 
 def parse_request(argv: list[str]) -> Request:
     """`compare [--seeds 0,1,2] [--arms a,b] [--from PATHS] [loop options]` -> Request. Every other
-    option is a loop option (score.Config); those the arms set themselves are refused."""
+    option is a loop option (config.Config); those the arms set themselves are refused."""
     parser = argparse.ArgumentParser(prog="score.py compare", allow_abbrev=False,  # --seed is not --seeds
                                      description=__doc__.split("\n")[0], add_help=False)
     parser.add_argument("--seeds")
@@ -136,8 +137,8 @@ def parse_request(argv: list[str]) -> Request:
     if loop_args and not loop_args[0].startswith("-"):
         raise ConfigError(f"compare runs every phase itself: drop {loop_args[0]!r} (usage: python score.py "
                           "compare --seeds 0,1,2 --arms ARMS, then any loop options)")
-    config = score.parse_args(loop_args)
-    defaults = score.Config()
+    config = parse_args(loop_args)
+    defaults = Config()
     set_here = [f for f in ARM_FIELDS if getattr(config, f) != getattr(defaults, f)]
     if set_here:
         flag = "--" + set_here[0].replace("_", "-")
@@ -150,7 +151,7 @@ def parse_request(argv: list[str]) -> Request:
     return Request(config, tuple(loop_args), seeds, arms, sources)
 
 
-def compare_dir(config: score.Config) -> Path:
+def compare_dir(config: Config) -> Path:
     """runs/<--run> or runs/compare-<student>-<teacher>-<hash of the shared options>."""
     if config.run:
         return Path(config.runs_dir) / config.run
@@ -159,16 +160,16 @@ def compare_dir(config: score.Config) -> Path:
     return Path(config.runs_dir) / f"compare-{student}-{teacher}-{shared_hash(config)}"
 
 
-def shared_hash(config: score.Config) -> str:
-    return config_hash(config, score.OPERATIONAL | set(ARM_FIELDS))
+def shared_hash(config: Config) -> str:
+    return config_hash(config, OPERATIONAL | set(ARM_FIELDS))
 
 
-def shared_options(config: score.Config) -> dict:
+def shared_options(config: Config) -> dict:
     """The result-affecting options every arm shares: what compare.json and each results line record."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in score.OPERATIONAL | set(ARM_FIELDS)}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL | set(ARM_FIELDS)}
 
 
-def open_compare(directory: Path, config: score.Config) -> None:
+def open_compare(directory: Path, config: Config) -> None:
     """compare.json on first use; a later command with other shared options is refused (with --run)."""
     path = directory / "compare.json"
     mine = {"hash": shared_hash(config), "options": shared_options(config)}
@@ -201,7 +202,7 @@ def plan_seed(arms: tuple[str, ...]) -> Plan:
     for name in arms:
         arm = ARMS[name]
         wanted = set(phases.get(arm.run, ())) | set(arm.phases)
-        phases[arm.run] = tuple(p for p in score.PHASES if p in wanted)
+        phases[arm.run] = tuple(p for p in PHASES if p in wanted)
     if any(ARMS[name].run != "imitation" for name in arms):
         phases.setdefault("score", ("eval", "bc", "mps", "sft"))
     source = {run: "score" for run in phases if run != "score" and "score" in phases}
@@ -225,7 +226,7 @@ def finished_run_phases(run_dir: Path) -> set[str]:
             if p not in ("bc", "sft", "rl") or not counts.get("trained") or (run_dir / "eval" / f"{p}.json").exists()}
 
 
-def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan, console) -> score.Config:
+def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan, console) -> Config:
     """Run the phases this run still lacks (none if it is finished); returns its config."""
     run_dir = directory / f"s{seed}-{run}"
     existing = run_dir / "config.json"
@@ -234,9 +235,9 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
     else:
         init_from = f"s{seed}-{plan.source[run]}" if run in plan.source else ""
     args = run_args(request, directory, seed, run, init_from)
-    config = score.parse_args(args)
+    config = parse_args(args)
     done = finished_run_phases(run_dir)
-    source = score.init_source(config) if init_from else None
+    source = init_source(config) if init_from else None
     if source and not finished_phases(run_dir) and (source / "config.json").exists():
         done |= set(score.reusable_phases(config, source)[0]) & finished_run_phases(source)  # it branches first
     todo = [p for p in plan.phases[run] if p not in done]
@@ -245,7 +246,7 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
         return config
     console.print(f"compare: seed {seed}, {run_dir.name}: phases {','.join(todo)}"
                   + (f" (branched from {init_from})" if init_from else ""), highlight=False)
-    score.run_loop(score.parse_args(args + ["--phases", ",".join(todo)]), console)
+    score.run_loop(parse_args(args + ["--phases", ",".join(todo)]), console)
     from report import final_report  # the run's own report.md, also for a run of one phase
     final_report(run_dir, quiet())
     return config
@@ -256,7 +257,7 @@ def quiet():
     return Console(file=io.StringIO(), width=200)
 
 
-def heldout_sets(config: score.Config) -> list[str]:
+def heldout_sets(config: Config) -> list[str]:
     """The held-out family of each task set in --tasks, where environment/tasks.py has one."""
     from environment import tasks
     return [f"{name}-heldout" for name in config.tasks.split(",") if f"{name}-heldout" in tasks.TASK_SETS]
@@ -294,7 +295,7 @@ def teacher_texts(run_dir: Path, chain: tuple[str, ...]) -> list[str]:
     return texts
 
 
-def arm_result(name: str, seed: int, config: score.Config, run_dir: Path, heldout: list[str], console) -> dict:
+def arm_result(name: str, seed: int, config: Config, run_dir: Path, heldout: list[str], console) -> dict:
     """One results line: the arm's per-task scores on the test split and the held-out sets, and what
     its student cost (teacher calls and tokens, wall time of the phases behind it)."""
     from report import task_scores
@@ -305,7 +306,7 @@ def arm_result(name: str, seed: int, config: score.Config, run_dir: Path, heldou
     if heldout:  # the held-out evaluation of this student, resumable like every evaluation
         student = str(run_dir / "checkpoints" / label) if label != "base" else ""
         held = dataclasses.replace(config, tasks=",".join(heldout))
-        score.check_memory(held, "eval")
+        check_memory(held, "eval")
         score.phase_eval(held, run_dir, console, label=f"heldout-{label}", student_path=student)
     scores: dict[str, dict[str, float]] = {}
     for file_label in [label] + ([f"heldout-{label}"] if heldout else []):
@@ -314,7 +315,7 @@ def arm_result(name: str, seed: int, config: score.Config, run_dir: Path, heldou
     tokens, counted = count_tokens(teacher_texts(run_dir, chain), config.student)
     rl = phases.get("rl", {}) if "rl" in chain else {}
     above = arm.labels[:arm.labels.index(label)] if label in arm.labels else arm.labels
-    skipped = [p for p in score.PHASES if p in above and p in phases]  # phases that ran but trained nothing
+    skipped = [p for p in PHASES if p in above and p in phases]  # phases that ran but trained nothing
     return {"compare": shared_hash(config), "comparison": run_dir.parent.name, "seed": seed, "arm": name,
             "run": run_dir.name, "label": label, "skipped": skipped,
             "scores": scores, "heldout_sets": heldout,

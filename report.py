@@ -75,20 +75,20 @@ def eval_labels(run_dir: Path) -> list[str]:
 
 def mps_command(run_dir: Path) -> str | None:
     """The command that runs MPS in this run (None for an imitation run, which has none): its name and
-    the options of its config.json (score.command_for), so the run resumes instead of being refused for
+    the options of its config.json (config.command_for), so the run resumes instead of being refused for
     changed settings, or a fresh run being started."""
     import dataclasses
-    import score
+    from config import PRESETS, Config, command_for
     path = run_dir / "config.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     if saved.get("method") == "imitation":
         return None
-    known = {f.name for f in dataclasses.fields(score.Config)}
-    config = score.Config(**{k: v for k, v in saved.items() if k in known})  # fields of older runs are dropped
+    known = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in saved.items() if k in known})  # fields of older runs are dropped
     runs_dir = str(Path(run_dir).parent) if Path(run_dir).parent != Path("runs") else "runs"
     config = dataclasses.replace(config, run=run_dir.name, runs_dir=runs_dir,
-                                 preset=config.preset if config.preset in score.PRESETS else "cpu")
-    return score.command_for(config, "mps" if "bc" in finished_phases(run_dir) else "--phases bc,mps")
+                                 preset=config.preset if config.preset in PRESETS else "cpu")
+    return command_for(config, "mps" if "bc" in finished_phases(run_dir) else "--phases bc,mps")
 
 
 def run_contents(run_dir: Path) -> str:

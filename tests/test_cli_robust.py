@@ -7,6 +7,7 @@ import time
 import pytest
 
 import score
+from config import FIRST_PHASE_OF, OPERATIONAL, PHASES, budget, load_tasks_for, parse_args
 
 
 def fails_with_one_line(argv, runs, capsys, needle) -> str:
@@ -125,10 +126,10 @@ def test_budget_counts_come_from_the_split_the_phases_use():
     """At a small --n the shares and the hash split differ: the table shows the split's counts."""
     from mps import assign_split
     for n in (2, 3, 5):
-        config = score.parse_args(["--n", str(n), "--seed", "1"])
+        config = parse_args(["--n", str(n), "--seed", "1"])
         halves = collections.Counter(assign_split(t.id, config.seed, config.bc_fraction)
-                                     for t in score.load_tasks_for(config, "train"))
-        rows = {phase: work for phase, work, _ in score.budget(config)}
+                                     for t in load_tasks_for(config, "train"))
+        rows = {phase: work for phase, work, _ in budget(config)}
         assert f"teacher solves {halves['bc']} tasks" in rows["bc"]
         assert f"{halves['sft'] + halves['rl']} tasks" in rows["mps"]
         assert (f"the {halves['sft']} SFT-half tasks" in rows["sft"]) if halves["sft"] else "skipped" in rows["sft"]
@@ -160,7 +161,7 @@ def test_rl_without_signal_is_recorded_as_skipped(tmp_path):
 
     import rl
     import student
-    config = score.parse_args(["--n", "2"])
+    config = parse_args(["--n", "2"])
     console = Console()
     original = (rl.train_rl, student.load_student)
     try:
@@ -179,7 +180,7 @@ def test_help_groups_options_by_phase_with_defaults_and_choices(capsys):
     """--help is generated from the config: one group per phase, each option with its default and,
     for a choice, its allowed values; the phase a field affects is the one --init-from uses."""
     with pytest.raises(SystemExit):
-        score.parse_args(["--help"])
+        parse_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     groups = ["every phase", "phase 0: BC warm start", "phase 1: MPS", "phase 2: SCoRe-SFT",
               "phase 3: prefix-restart RL", "operational"]
@@ -189,8 +190,8 @@ def test_help_groups_options_by_phase_with_defaults_and_choices(capsys):
     assert "--reward" in rl_part and "[keystep | outcome] (default: keystep)" in rl_part
     assert "--rl-lr" in rl_part and "(default: 1e-05)" in rl_part
     assert "--max-corrections" in out[positions[2]:positions[3]]
-    assert score.FIRST_PHASE_OF["reward"] == "rl" and score.FIRST_PHASE_OF["teacher_sees"] == "mps"
-    assert "threads" in score.OPERATIONAL and "seed" not in score.OPERATIONAL
+    assert FIRST_PHASE_OF["reward"] == "rl" and FIRST_PHASE_OF["teacher_sees"] == "mps"
+    assert "threads" in OPERATIONAL and "seed" not in OPERATIONAL
 
 
 def test_config_file_sets_options_and_flags_override_it(tmp_path, capsys):
@@ -198,12 +199,12 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path, capsys):
     file is checked like the flags, one line for each mistake."""
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("rl_lr: 2e-5\nseed: 3\ngroup-size: 6\nreward: outcome\n")
-    config = score.parse_args(["--config", str(yaml_file), "--seed", "4"])
+    config = parse_args(["--config", str(yaml_file), "--seed", "4"])
     assert (config.rl_lr, config.seed, config.group_size, config.reward) == (2e-5, 4, 6, "outcome")
     json_file = tmp_path / "run.json"
     json_file.write_text(json.dumps({"n": 3, "tasks": "arith"}))
-    assert (score.parse_args(["eval", "--config", str(json_file)]).n, score.parse_args(["--config", str(json_file)]).phases) \
-        == (3, ",".join(score.PHASES))
+    assert (parse_args(["eval", "--config", str(json_file)]).n, parse_args(["--config", str(json_file)]).phases) \
+        == (3, ",".join(PHASES))
     for text, needle in [("seed: x", "seed must be a number (a whole one)"), ("foo: 1", "unknown option 'foo'"),
                          ("[1, 2]", "expected a mapping"), ("rl_lr: true", "rl_lr must be a number"),
                          ("reward: foo", "unknown --reward 'foo'"), ("{bad", "not JSON or YAML")]:

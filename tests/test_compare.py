@@ -15,6 +15,7 @@ import pytest
 
 import compare
 import score
+from config import PHASES
 from runs import read_jsonl
 
 SEEDS = (0, 1)
@@ -222,9 +223,9 @@ def test_plan_of_a_seed():
     assert plan.phases == {"score": ("eval", "bc", "mps", "sft"), "imitation": ("eval", "bc")}
     assert plan.source == {"imitation": "score"}
     plan = compare.plan_seed(("question",))
-    assert plan.phases == {"score": ("eval", "bc", "mps", "sft"), "question": score.PHASES}
+    assert plan.phases == {"score": ("eval", "bc", "mps", "sft"), "question": PHASES}
     assert compare.plan_seed(("imitation",)) == compare.Plan({"imitation": ("eval", "bc")}, {})
-    assert compare.plan_seed(tuple(compare.ARMS)).phases["score"] == score.PHASES
+    assert compare.plan_seed(tuple(compare.ARMS)).phases["score"] == PHASES
 
 
 def test_pooled_tables_from_hand_written_lines():

@@ -89,13 +89,13 @@ def test_kill_9_during_mps_then_resume_loses_and_duplicates_nothing(tiny_dir, tm
     """`bc,mps` killed after MPS has appended some episodes but before it finished; the same command
     then resumes MPS where it stopped. If this fails, a killed MPS either re-rolls finished tasks
     (duplicate task ids), forgets some (missing ids), leaves a torn record, or marks itself done early."""
-    import score
     from agent import Step, Trajectory
+    from config import load_tasks_for, parse_args
     from mps import assign_split
     args = _args(tiny_dir, tmp_path, "--phases", "bc,mps")
     run = tmp_path / "r"
-    config = score.parse_args(args)
-    splits = {t.id: assign_split(t.id, config.seed, config.bc_fraction) for t in score.load_tasks_for(config, "train")}
+    config = parse_args(args)
+    splits = {t.id: assign_split(t.id, config.seed, config.bc_fraction) for t in load_tasks_for(config, "train")}
     expected = {task_id: split for task_id, split in splits.items() if split in ("sft", "rl")}
     assert len(expected) >= 4  # enough episodes for the kill to land between two of them
 
@@ -136,8 +136,8 @@ def test_kill_9_during_sft_then_resume_finishes_from_the_checkpoint(tiny_dir, tm
     with copies of the teacher's correct BC trajectories (the same kind of record MPS writes there),
     enough of them for about 16 updates, so the kill lands mid-phase."""
     import torch
-    import score
     from agent import Trajectory
+    from config import parse_args, sft_config
     from sft import train_sft
     from student import load_student
     run = tmp_path / "r"
@@ -175,9 +175,9 @@ def test_kill_9_during_sft_then_resume_finishes_from_the_checkpoint(tiny_dir, tm
     resumed = load_student(str(run / "checkpoints" / "sft"), "cpu", "float32", threads=1)
     reference = load_student(str(run / "checkpoints" / "bc"), "cpu", "float32", threads=1)
     bc_weights = {n: p.clone() for n, p in reference.model.named_parameters()}
-    config = score.parse_args(args)
+    config = parse_args(args)
     train_sft(reference, [Trajectory.from_dict(r) for r in seeded],
-              dataclasses.replace(score.sft_config(config), progress=False), tmp_path / "uninterrupted",
+              dataclasses.replace(sft_config(config), progress=False), tmp_path / "uninterrupted",
               tmp_path / "uninterrupted" / "metrics.jsonl", label="sft")
     got, want = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
     assert set(got) == set(want)

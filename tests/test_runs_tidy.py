@@ -37,7 +37,7 @@ def test_run_names_are_plain_names():
 def test_open_run_refuses_a_path_and_creates_nothing(tmp_path):
     """open_run is the last guard: a run directory whose name is not plain is refused before anything
     is created. Breaks if `runs/..` (the repository root) or `runs/../../etc` were written to."""
-    from score import Config
+    from config import Config
     runs = tmp_path / "runs"
     runs.mkdir()
     for name in ("..", "a b", ".hidden"):
@@ -53,7 +53,7 @@ def test_open_run_removes_what_killed_writers_left(tmp_path):
     """Temporary files of write_atomic (new ".tmp" names and the older "<name>.<8 chars>" ones) and of
     score.py's MPS outputs are removed from the run directory, eval/ and samples/; nothing else is.
     Breaks if leftovers pile up across resumes, or if a real file were taken for one."""
-    from score import Config
+    from config import Config
     run = tmp_path / "r"
     leftovers = [run / "phases.json.tmpk2j_x9q1", run / "metrics.jsonl.a1b2c3d4", run / "sft.jsonl.tmp",
                  run / "eval" / "base.json.tmp0abc_def", run / "eval" / "bc.json.zz_1x2y3",

@@ -1,9 +1,12 @@
 """The command line: config, presets, resume rules, and `score.py eval` on a tiny saved student."""
+import dataclasses
 import json
 
 import pytest
 
 import score
+from config import (KEY_STEPS_PER_TASK, KNOWLEDGE, OPERATIONAL, PHASES, RL_STARTS_PER_TASK, Config, budget, hardware,
+                    load_tasks_for, parse_args, print_budget, sft_config)
 from runs import read_jsonl
 
 
@@ -24,10 +27,10 @@ def _eval_args(tiny_dir, runs, *extra):
 
 def test_presets_fill_unset_fields_only():
     """Fields left at None take the preset's value; an explicit value wins."""
-    config = score.parse_args(["--preset", "cpu", "--max-steps", "3"])
+    config = parse_args(["--preset", "cpu", "--max-steps", "3"])
     assert config.max_steps == 3 and config.max_new_tokens == 96 and config.eval_temperature == 0.0
-    assert score.parse_args(["--preset", "gpu"]).max_context_tokens == 8192
-    assert score.parse_args(["eval"]).phases == "eval"
+    assert parse_args(["--preset", "gpu"]).max_context_tokens == 8192
+    assert parse_args(["eval"]).phases == "eval"
 
 
 def test_eval_writes_records_and_summary_and_resumes(tiny_dir, tmp_path, capsys):
@@ -121,26 +124,26 @@ def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
 
 
 def test_budget_table_is_printed_at_start(tiny_dir, tmp_path, capsys):
-    config = score.parse_args(["--n", "20"])
-    rows = {phase: (work, minutes) for phase, work, minutes in score.budget(config)}
-    assert list(rows) == list(score.PHASES) and all(m is not None and m > 0 for _, m in rows.values())
+    config = parse_args(["--n", "20"])
+    rows = {phase: (work, minutes) for phase, work, minutes in budget(config)}
+    assert list(rows) == list(PHASES) and all(m is not None and m > 0 for _, m in rows.values())
     assert "18 tasks" in rows["bc"][0]  # the hash split's share of 40 training tasks at bc_fraction 0.5
-    imitation = score.parse_args(["--method", "imitation"])
-    assert [p for p, _, _ in score.budget(imitation)] == ["eval", "bc"]
+    imitation = parse_args(["--method", "imitation"])
+    assert [p for p, _, _ in budget(imitation)] == ["eval", "bc"]
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 0
     assert "budget: preset" in capsys.readouterr().out
     # A resumed or branched run: finished phases say so and count nothing in the total
     import io
     from rich.console import Console
     console = Console(file=io.StringIO(), width=200)
-    score.print_budget(config, console, {"eval": {"wall_s": 1.0}, "bc": {"copied_from": "main-run"}})
+    print_budget(config, console, {"eval": {"wall_s": 1.0}, "bc": {"copied_from": "main-run"}})
     lines = {line.split("│")[1].strip(): line for line in console.file.getvalue().splitlines() if line.count("│") > 2}
     assert "done" in lines["eval"] and "done (copied from main-run)" in lines["bc"]
     assert lines["all"].split("│")[3].strip() == f"{sum(rows[p][1] for p in ('mps', 'sft', 'rl')):.0f}"
 
 
 def test_cpu_phase_that_would_not_fit_in_memory_is_refused(tiny_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(score, "available_memory_gb", lambda: 0.25)
+    monkeypatch.setattr("config.available_memory_gb", lambda: 0.25)  # where check_memory looks it up
     assert score.main(_eval_args(tiny_dir, tmp_path)) == 2
     out = capsys.readouterr().out
     assert "needs about" in out and "GB is free" in out and out.count("error:") == 1
@@ -170,47 +173,46 @@ def test_unknown_preset_and_missing_init_from_are_one_line(tmp_path, capsys):
 
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_:
-        score.parse_args(["--help"])
+        parse_args(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert all("--" + f.name.replace("_", "-") in out for f in score.dataclasses.fields(score.Config))
+    assert all("--" + f.name.replace("_", "-") in out for f in dataclasses.fields(Config))
 
 
 def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
-    quick, full = score.parse_args([]), score.parse_args(["--preset", "cpu-full"])
+    quick, full = parse_args([]), parse_args(["--preset", "cpu-full"])
     assert (quick.preset, quick.n, quick.n_train, quick.rl_epochs, quick.rl_updates) == ("cpu", 20, None, 3, 5)
     assert (full.n, full.n_train, full.bc_fraction, full.rl_epochs, full.rl_updates) == (80, 250, 0.16, 2, None)
-    assert score.hardware(full) == "cpu" and full.max_steps == quick.max_steps
-    assert score.sft_config(full) == score.sft_config(quick)  # the same training presets, more data
-    small = score.parse_args(["--preset", "cpu-full", "--n", "5"])  # an explicit --n wins, for training too
+    assert hardware(full) == "cpu" and full.max_steps == quick.max_steps
+    assert sft_config(full) == sft_config(quick)  # the same training presets, more data
+    small = parse_args(["--preset", "cpu-full", "--n", "5"])  # an explicit --n wins, for training too
     assert small.n == 5 and small.n_train is None
-    assert {t.id for t in score.load_tasks_for(small, "train")} != set()
-    assert len(score.load_tasks_for(small, "train")) == len(score.load_tasks_for(small, "test")) == 10
+    assert {t.id for t in load_tasks_for(small, "train")} != set()
+    assert len(load_tasks_for(small, "train")) == len(load_tasks_for(small, "test")) == 10
 
 
 def test_cpu_full_gives_rl_enough_key_steps_in_two_hours():
     """cpu-full is sized so that RL sees at least 60 distinct key-step start states, each at most
     twice, within 2 hours here; the default stays within 20 minutes. The key steps are estimated from
-    the measured yield (score.KEY_STEPS_PER_TASK: 0.35 per RL-half MPS episode) on the RL half the
+    the measured yield (config.KEY_STEPS_PER_TASK: 0.35 per RL-half MPS episode) on the RL half the
     hash split really makes of the training tasks, for each of three seeds."""
     import collections
-    import dataclasses
     from mps import assign_split
     from rl import RL_PRESETS, plan_updates
     for seed in (0, 1, 2):
-        full = score.parse_args(["--preset", "cpu-full", "--seed", str(seed)])
-        train, test = score.load_tasks_for(full, "train"), score.load_tasks_for(full, "test")
+        full = parse_args(["--preset", "cpu-full", "--seed", str(seed)])
+        train, test = load_tasks_for(full, "train"), load_tasks_for(full, "test")
         assert (len(train), len(test)) == (500, 160) and not {t.id for t in train} & {t.id for t in test}
         splits = collections.Counter(assign_split(t.id, seed, full.bc_fraction) for t in train)
         assert 60 <= splits["bc"] <= 100  # the BC warm start keeps the size it had at n = 80 (79 trajectories)
-        assert splits["rl"] * score.KEY_STEPS_PER_TASK >= 70  # ~73 expected: 60 with a margin
-    starts = round(splits["rl"] * score.RL_STARTS_PER_TASK)  # key steps and question-only starts
+        assert splits["rl"] * KEY_STEPS_PER_TASK >= 70  # ~73 expected: 60 with a margin
+    starts = round(splits["rl"] * RL_STARTS_PER_TASK)  # key steps and question-only starts
     plan = plan_updates(starts, dataclasses.replace(RL_PRESETS["cpu"], epochs=full.rl_epochs,
                                                     num_updates=full.rl_updates))
     seen = collections.Counter(i for update in plan for i in update)
     assert len(seen) == starts and set(seen.values()) == {2}  # every start state, twice
-    minutes = lambda config: sum(m for _, _, m in score.budget(config))
-    assert minutes(full) <= 120 and minutes(score.parse_args([])) <= 20
+    minutes = lambda config: sum(m for _, _, m in budget(config))
+    assert minutes(full) <= 120 and minutes(parse_args([])) <= 20
 
 
 def test_whole_loop_through_llama_cpp(tiny_dir, tmp_path, capsys):
@@ -253,19 +255,19 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     monkeypatch.setattr(score, "OPENED_TEACHERS", [])  # the stand-ins must not reach later tests' cost counts
     RecordingTeacher.made.clear()
     console = Console(file=io.StringIO())
-    knowing = score.parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
+    knowing = parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
     score.open_teacher(knowing, tmp_path, [], console)
     assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3}
-    assert score.parse_args([]).teacher_knowledge == score.KNOWLEDGE  # the reference teacher's default
-    assert score.parse_args(["--teacher", "smol-135m-q4"]).teacher_knowledge == 0.0  # an LLM knows its own
-    plain = score.parse_args(["--teacher-knowledge", "0"])
+    assert parse_args([]).teacher_knowledge == KNOWLEDGE  # the reference teacher's default
+    assert parse_args(["--teacher", "smol-135m-q4"]).teacher_knowledge == 0.0  # an LLM knows its own
+    plain = parse_args(["--teacher-knowledge", "0"])
     score.open_teacher(plain, tmp_path, [], console)  # through make_teacher, as before
     assert RecordingTeacher.made[-1]["knowledge"] in (None, 0.0)  # not passed, or passed as 0
-    assert score.run_name(score.parse_args(["--teacher-knowledge", "0.3"])) != score.run_name(plain)
-    open_run(tmp_path / "source", plain, score.OPERATIONAL)
-    assert score.reusable_phases(score.parse_args(["--teacher-knowledge", "0.5"]), tmp_path / "source") == \
+    assert score.run_name(parse_args(["--teacher-knowledge", "0.3"])) != score.run_name(plain)
+    open_run(tmp_path / "source", plain, OPERATIONAL)
+    assert score.reusable_phases(parse_args(["--teacher-knowledge", "0.5"]), tmp_path / "source") == \
         (["eval"], ["teacher_knowledge"])
-    assert score.reusable_phases(score.parse_args(["--n-train", "7"]), tmp_path / "source")[0] == ["eval"]
+    assert score.reusable_phases(parse_args(["--n-train", "7"]), tmp_path / "source")[0] == ["eval"]
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -287,10 +289,10 @@ def test_split_jsonl_reaches_the_task_loader(monkeypatch):
     calls = []
     monkeypatch.setattr(tasks, "load_tasks", lambda name, split, n=None, seed=0, split_jsonl=False:
                         calls.append((name, split, n, split_jsonl)) or [])
-    score.load_tasks_for(score.parse_args(["--tasks", "a.jsonl", "--split-jsonl", "--n", "4", "--n-train", "9"]), "train")
-    score.load_tasks_for(score.parse_args(["--tasks", "a.jsonl", "--n", "4"]), "test")
+    load_tasks_for(parse_args(["--tasks", "a.jsonl", "--split-jsonl", "--n", "4", "--n-train", "9"]), "train")
+    load_tasks_for(parse_args(["--tasks", "a.jsonl", "--n", "4"]), "test")
     assert calls == [("a.jsonl", "train", 9, True), ("a.jsonl", "test", 4, False)]
-    assert score.parse_args(["--split-jsonl"]).split_jsonl and not score.parse_args([]).split_jsonl
+    assert parse_args(["--split-jsonl"]).split_jsonl and not parse_args([]).split_jsonl
 
 
 def test_branch_links_checkpoints_and_marks_phases_last(tmp_path):
@@ -320,7 +322,7 @@ def test_sandbox_option_reaches_every_episode_sandbox():
     """Breaks: --sandbox limits (to compare isolation costs, or where namespaces misbehave) being
     ignored, or the mode printed at start disagreeing with the one the episodes get."""
     from tools import describe_isolation
-    config = score.parse_args(["--sandbox", "limits"])
+    config = parse_args(["--sandbox", "limits"])
     with score.make_sandbox(config)(None) as box:
         assert box.mode == "limits"
     assert describe_isolation("limits").startswith("sandbox: limits (")

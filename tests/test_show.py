@@ -14,6 +14,7 @@ from rich.console import Console
 
 import score
 from agent import Step, Trajectory
+from config import OPERATIONAL, parse_args
 from report import final_report, mps_command, phase_table, show, show_main
 from runs import write_json_atomic
 
@@ -52,7 +53,7 @@ def make_run(runs, name="a", options=OPTIONS, phases=("eval", "bc"), mps=False):
     """A run directory as score.py leaves it: config.json of the resolved options, phases.json, the
     base and bc evaluations (base: 1 of 3 correct; bc: 2 of 3), and MPS episodes if asked."""
     run = runs / name
-    config = score.parse_args([*options, "--run", name, "--runs-dir", str(runs)])
+    config = parse_args([*options, "--run", name, "--runs-dir", str(runs)])
     write_json_atomic(run / "config.json", dataclasses.asdict(config))
     write_json_atomic(run / "phases.json", {p: {"trained": True} if p == "bc" else {} for p in phases})
     write_jsonl(run / "eval" / "base.jsonl", [episode("arith-0", True), episode("arith-1", False, answer="41"),
@@ -115,11 +116,11 @@ def test_a_run_without_mps_lists_its_evaluations_and_the_command_for_mps(tmp_pat
     assert words[:3] == ["python", "score.py", "mps"]  # bc is finished: MPS alone
     for option in ("--n-train", "--max-corrections", "--teacher", "--student", "--phases", "--label"):
         assert option not in words, option  # left at the default: not repeated
-    resumed = dataclasses.asdict(score.parse_args(words[2:]))
+    resumed = dataclasses.asdict(parse_args(words[2:]))
     saved = json.loads((run / "config.json").read_text())
     assert resumed["run"] == "a" and resumed["runs_dir"] == str(runs) and resumed["phases"] == "mps"
-    assert {k: v for k, v in resumed.items() if k not in score.OPERATIONAL} == \
-        {k: v for k, v in saved.items() if k not in score.OPERATIONAL}
+    assert {k: v for k, v in resumed.items() if k not in OPERATIONAL} == \
+        {k: v for k, v in saved.items() if k not in OPERATIONAL}
     assert resumed["threads"] == 1
 
 
@@ -128,7 +129,7 @@ def test_the_mps_command_starts_with_bc_when_bc_has_not_run_and_none_for_imitati
     an imitation run has no MPS phase at all, and show says so instead of giving a command."""
     runs = tmp_path / "runs"
     words = shlex.split(mps_command(make_run(runs, "early", phases=("eval",))))
-    assert words[2:4] == ["--phases", "bc,mps"] and score.parse_args(words[2:]).phases == "bc,mps"
+    assert words[2:4] == ["--phases", "bc,mps"] and parse_args(words[2:]).phases == "bc,mps"
     imitation = make_run(runs, "imit", options=[*OPTIONS, "--method", "imitation"])
     assert mps_command(imitation) is None
     out = console()
