@@ -3,7 +3,7 @@
     python score.py assignments list                          # what each assignment teaches
     python score.py assignments make --out kit [--only A,B]   # a student copy: the chosen bodies become stubs
     python score.py assignments grade kit [more dirs]         # one table; exit 0 only if all pass
-    python score.py assignments grade kit --capstone          # ... and the whole loop on the student's code
+    python score.py assignments grade kit --capstone          # ... and the default loop on the student's code
 
 A kit is a copy of the project (the files git tracks; never .git, caches or runs) in which each chosen
 function keeps its signature, docstring and the full-line comments of its body (the equations live
@@ -257,7 +257,9 @@ def handout(assignments) -> str:
              "```bash", "python score.py assignments grade            # every assignment of this kit",
              "python score.py assignments grade --only " + assignments[0].name, "```", "",
              "When all pass, run the capstone: the whole loop (BC, MPS, SCoRe-SFT, SCoRe-RL) on your code:", "",
-             "```bash", "python score.py assignments grade --capstone   # about 6 minutes on an idle 2-core CPU", "```", "",
+             "```bash", "python score.py assignments grade --capstone   # the default loop: about 15 minutes on an idle 2-core CPU", "```", "",
+             "The project's own tests (`python -m pytest`) exercise these functions too, and fail until they are",
+             "written; the graders are the checks made for you.", "",
              f"Expected time, all {len(assignments)}: about {total // 60} h {total % 60:02d} min.", "",
              "| assignment | functions | read | difficulty | time |", "|---|---|---|---|---|"]
     lines += [f"| {a.name} | {', '.join(f'`{f}`' for f in a.functions)} | {a.section} | {a.difficulty} | {a.minutes} min |"
@@ -303,7 +305,7 @@ def one_line(text: str) -> str:
         return "failed"
     first = re.sub(r"^(AssertionError|E\s+AssertionError):\s*", "", lines[0])
     if first.startswith(("ImportError while importing", "Traceback", "collection failure")) or first == "failed":
-        errors = [line for line in lines if re.match(r"^(E\s+)?[A-Za-z_.]*(Error|Exception|Timeout)\b", line)]
+        errors = [line for line in lines if re.match(r"^(E\s+)?([A-Za-z_.]*(Error|Exception|Timeout)\b|error:)", line)]
         first = re.sub(r"^E\s+", "", errors[-1]) if errors else first
         places = re.findall(r'File "([^"]+)", line (\d+)', text) or re.findall(r"^([^\s:]+\.py):(\d+)", text, re.M)
         if places:  # where it broke: the innermost frame
@@ -359,11 +361,13 @@ def results_from_junit(junit: Path, assignments) -> list[Result]:
 
 
 def run_capstone(directory: Path, extra: list[str], timeout_s: float) -> tuple[bool, str]:
-    """The whole loop on the submission's code: `python score.py --n 4` plus any extra options, in a
-    fresh run; it passes when the command ends with 0 and every phase of the loop finished."""
+    """The whole loop on the submission's code: `python score.py` (the default loop, where the
+    reference code trains every phase) plus any extra options, in a fresh run. It passes when the
+    command ends with 0 and every training phase really trained: a phase skipped for want of data
+    (say 0 key steps at a tiny --n) ran none of the student's loss or reward code, so proves nothing."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"capstone-{stamp}"
-    command = [sys.executable, "score.py", "--n", "4", "--run", name, *extra]
+    command = [sys.executable, "score.py", "--run", name, *extra]
     runs_dir = directory / "runs"
     if "--runs-dir" in extra:
         runs_dir = Path(extra[extra.index("--runs-dir") + 1])
@@ -373,13 +377,18 @@ def run_capstone(directory: Path, extra: list[str], timeout_s: float) -> tuple[b
     except subprocess.TimeoutExpired:
         return False, f"the loop did not finish in {timeout_s:.0f} s"
     if done.returncode != 0:
-        return False, one_line("\n".join((done.stderr or done.stdout).strip().splitlines()[-3:]))
+        return False, "the loop failed: " + one_line(f"failed\n{done.stdout}\n{done.stderr}")  # its last exception
     phases_file = runs_dir / name / "phases.json"
     phases = json.loads(phases_file.read_text()) if phases_file.exists() else {}
     missing = [p for p in ("eval", "bc", "mps", "sft", "rl") if p not in phases]
     if missing:
         return False, f"the loop ended without phase {', '.join(missing)}"
-    return True, f"every phase finished: {runs_dir / name / 'report.md'}"
+    idle = [f"{p} ({phases[p].get('skipped', 'trained nothing')})" for p in ("bc", "sft", "rl")
+            if not phases[p].get("trained")]
+    if idle:
+        return False, (f"the loop finished, but {'; '.join(idle)}: the capstone needs every phase to train "
+                       "(more tasks: --capstone-args '--n 40')")
+    return True, f"every phase trained: {runs_dir / name / 'report.md'}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade = sub.add_parser("grade", help="run the graders against one or more directories; exit 0 only if all pass")
     grade.add_argument("dirs", nargs="*", help="kits or submissions (default: this directory)")
     grade.add_argument("--only", help="comma-separated assignment names (default: the kit's own)")
-    grade.add_argument("--capstone", action="store_true", help="then run the whole loop (score.py --n 4) on the code")
+    grade.add_argument("--capstone", action="store_true", help="then run the whole loop (python score.py) on the code")
     grade.add_argument("--capstone-args", default="", help="extra options for the capstone's loop, as one string")
     grade.add_argument("--capstone-timeout", type=float, default=3600, help="seconds before the capstone counts as failed")
     grade.add_argument("--timeout", type=float, default=1200, help="seconds for all graders of one directory")
