@@ -260,6 +260,22 @@ def _bwrap_command(workdir: str, executable: str | None = None) -> list[str]:
     return command
 
 
+def isolated_command(workdir: str, read_only: Sequence[str] = (), chdir: str | None = None) -> list[str] | None:
+    """The same bubblewrap mounts for a whole program (the course graders run a submission in it):
+    the work directory writable, `read_only` paths visible read-only, nothing else of the host.
+    None where bubblewrap does not work here."""
+    executable, _ = _working_bwrap()
+    if executable is None:
+        return None
+    command = _bwrap_command(workdir, executable)
+    at = command.index("--bind")  # after the private /tmp, so paths under the host's /tmp stay visible
+    extra = [arg for path in dict.fromkeys(os.path.realpath(p) for p in read_only) for arg in ("--ro-bind", path, path)]
+    command = command[:at] + extra + command[at:]
+    if chdir:
+        command[command.index("--chdir") + 1] = chdir
+    return command
+
+
 ISOLATION_MEANING = {
     "bwrap": "bubblewrap: no network, read-only system files, no host files outside the Python "
              "installation, private /tmp, own PID namespace",

