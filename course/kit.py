@@ -11,7 +11,8 @@ there), and its body becomes `raise NotImplementedError(...)` naming the assignm
 section to read. Everything else runs as before.
 
 Grading runs this project's graders (course/graders/test_<name>.py), not the copy's, against the
-directory given: a submission cannot change how it is graded. Each grader checks values against
+directory given: a submission cannot change how it is graded. Where bubblewrap works, each submission
+is graded in it, on a copy that can see nothing else of the host (tools.isolated_command). Each grader checks values against
 hand-computed cases and naive references, and keeps the plausible wrong implementations it must catch
 (its WRONG list); tests/test_course.py proves every stub and every kept wrong variant fails.
 """
