@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +118,8 @@ def stub_body(node: ast.FunctionDef, lines: list[str], message: str) -> tuple[in
     indent = " " * (body[0].col_offset)
     first = body[0].end_lineno + 1 if has_docstring else body[0].lineno
     comments = [indent + line.strip() for line in lines[first - 1:node.end_lineno] if line.strip().startswith("#")]
-    words, pieces = message.split(" "), [""]
-    for word in words:  # the message as adjacent string literals, lines under ~100 columns
-        if pieces[-1] and len(pieces[-1]) + len(word) > 90 - len(indent):
-            pieces.append("")
-        pieces[-1] += word + " "
-    pieces[-1] = pieces[-1].rstrip()
+    # the message as adjacent string literals, lines under ~100 columns (their concatenation is the message)
+    pieces = textwrap.wrap(message, 90 - len(indent), drop_whitespace=False, break_long_words=False)
     return first, node.end_lineno, comments + [f"{indent}raise NotImplementedError("] + \
         [f"{indent}    {json.dumps(piece)}" for piece in pieces[:-1]] + [f"{indent}    {json.dumps(pieces[-1])})"]
 
