@@ -88,6 +88,7 @@ class Request:
     seeds: tuple[int, ...]
     arms: tuple[str, ...]
     sources: tuple[str, ...]  # --from: results files or directories (then nothing is run)
+    branch_from: str = ""  # --branch-from: another comparison whose runs this one's may start from
 
 
 def parse_list(flag: str, text: str | None, example: str) -> list[str]:
@@ -127,11 +128,14 @@ def parse_request(argv: list[str]) -> Request:
     parser.add_argument("--seeds")
     parser.add_argument("--arms")
     parser.add_argument("--from", dest="sources", default="")
+    parser.add_argument("--branch-from", dest="branch_from", default="")
     known, loop_args = parser.parse_known_args(argv)
     if "-h" in loop_args or "--help" in loop_args:
         print(__doc__.strip() + "\n\ncompare options: --seeds 0,1,2  --arms " + ",".join(ARMS)
               + "  --from PATHS\nloop options: as for `python score.py --help`")
         raise SystemExit(0)
+    if known.branch_from and not (Path(known.branch_from) / "compare.json").exists():
+        raise ConfigError(f"--branch-from {known.branch_from}: no comparison there (no compare.json)")
     if known.sources and loop_args:
         raise ConfigError(f"--from rebuilds the table from results files alone: drop {' '.join(loop_args)}")
     if loop_args and not loop_args[0].startswith("-"):
@@ -148,7 +152,7 @@ def parse_request(argv: list[str]) -> Request:
     # With --from, --seeds and --arms only select (default: everything in the files).
     seeds = () if sources and known.seeds is None else parse_seeds("0,1,2" if known.seeds is None else known.seeds)
     arms = () if sources and known.arms is None else parse_arms(",".join(ARMS) if known.arms is None else known.arms)
-    return Request(config, tuple(loop_args), seeds, arms, sources)
+    return Request(config, tuple(loop_args), seeds, arms, sources, known.branch_from)
 
 
 def compare_dir(config: Config) -> Path:
@@ -233,7 +237,7 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
     if existing.exists():  # a resume keeps the branching it was started with
         init_from = json.loads(existing.read_text()).get("init_from", "")
     else:
-        init_from = f"s{seed}-{plan.source[run]}" if run in plan.source else ""
+        init_from = branch_source(request, directory, seed, run, plan)
     args = run_args(request, directory, seed, run, init_from)
     config = parse_args(args)
     done = finished_run_phases(run_dir)
@@ -241,6 +245,8 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
     if source and not finished_phases(run_dir) and (source / "config.json").exists():
         done |= set(score.reusable_phases(config, source)[0]) & finished_run_phases(source)  # it branches first
     todo = [p for p in plan.phases[run] if p not in done]
+    if not todo and source and not finished_phases(run_dir):  # all it needs is in the run it branches from:
+        score.run_loop(parse_args(args + ["--phases", "eval"]), quiet())  # copy it (eval is found done)
     if not todo:
         console.print(f"compare: seed {seed}, {run_dir.name}: finished")
         return config
@@ -250,6 +256,24 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
     from report import final_report  # the run's own report.md, also for a run of one phase
     final_report(run_dir, quiet())
     return config
+
+
+def branch_source(request: Request, directory: Path, seed: int, run: str, plan: Plan) -> str:
+    """The run a new run starts from: the run of this seed it branches from in this comparison, or
+    the same run of the comparison --branch-from names (a remedy that changes only SFT or RL reuses
+    its BC and MPS), whichever has more of the phases this run may copy."""
+    candidates = [f"s{seed}-{plan.source[run]}"] if run in plan.source else []
+    if request.branch_from:
+        candidates.append(str(Path(request.branch_from) / f"s{seed}-{run}"))
+    config = parse_args(run_args(request, directory, seed, run, ""))
+    best, most = "", 0
+    for name in candidates:
+        source = Path(name) if Path(name).is_dir() else directory / name
+        if (source / "config.json").exists():
+            reusable = set(score.reusable_phases(config, source)[0]) & finished_run_phases(source)
+            if len(reusable) > most:
+                best, most = name, len(reusable)
+    return best
 
 
 def quiet():

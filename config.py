@@ -109,6 +109,8 @@ class Config:
     sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights",
                                "sft", to="lr")
     sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft", to="epochs")
+    sft_replay_bc: bool = arg(False, "SCoRe-SFT also trains on the BC warm start's correct teacher trajectories "
+                                     "(a remedy measured in bench/RESULTS.md, not the paper's recipe)", "sft")
 
     # Phase 3: prefix-restart RL
     rl_lr: float = arg(RLConfig.lr, "RL learning rate (constant)", "rl", to="lr")

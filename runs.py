@@ -446,11 +446,13 @@ def branch_run(source: Path, target: Path, phases: list[str]) -> list[str]:
     resumed run appends to them. phases.json is written last, in one go: a branch killed half way
     has no finished phase, and branching again redoes it whole."""
     done = finished_phases(source)
-    files = {"eval": ["eval/base.json", "eval/base.jsonl", "eval/teacher.json", "eval/teacher.jsonl"],
-             "bc": ["bc.jsonl", "checkpoints/bc", "eval/bc.json", "eval/bc.jsonl"],
+    evals = lambda label: [f"eval/{label}.json", f"eval/{label}.jsonl",  # and the held-out sets (compare)
+                           f"eval/heldout-{label}.json", f"eval/heldout-{label}.jsonl"]
+    files = {"eval": [*evals("base"), "eval/teacher.json", "eval/teacher.jsonl"],
+             "bc": ["bc.jsonl", "checkpoints/bc", *evals("bc")],
              "mps": ["mps.jsonl", "sft.jsonl", "keysteps.jsonl", "mps_diagnostics.json", "teacher_cache.jsonl"],
-             "sft": ["checkpoints/sft", "eval/sft.json", "eval/sft.jsonl"],
-             "rl": ["checkpoints/rl", "eval/rl.json", "eval/rl.jsonl", "samples"]}
+             "sft": ["checkpoints/sft", *evals("sft")],
+             "rl": ["checkpoints/rl", *evals("rl"), "samples"]}
     copied = [p for p in phases if p in done]
     for phase in copied:
         for name in files[phase]:

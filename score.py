@@ -387,6 +387,10 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
     if "mps" not in finished_phases(run_dir):
         raise ConfigError(f"sft needs a finished mps phase in this run: run `{command_for(config, 'mps')}` first")
     records = [Trajectory.from_dict(r) for r in read_jsonl(run_dir / "sft.jsonl")]
+    if config.sft_replay_bc:  # the remedy: the BC share's teacher trajectories again, beside the corrected ones
+        replay = [Trajectory.from_dict(r) for r in read_jsonl(run_dir / "bc.jsonl") if r["correct"]]
+        console.print(f"sft: {len(records)} MPS trajectories and {len(replay)} BC trajectories replayed")
+        records += replay
     if not records:
         reason = "0 examples: MPS produced no correct trajectory in the SFT half"
         console.print(f"sft: skipped: {reason}")
@@ -429,7 +433,9 @@ def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]
     that differ): every phase before the first one that a changed field affects."""
     saved = json.loads((source / "config.json").read_text())
     mine = dataclasses.asdict(config)
-    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and k in saved and saved[k] != mine[k]]
+    # A field the source's code did not have yet had its default there.
+    default = {f.name: f.default for f in dataclasses.fields(Config)}
+    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and saved.get(k, default[k]) != mine[k]]
     first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
     return list(PHASES[:first]), changed
 

@@ -241,3 +241,43 @@ def test_pooled_tables_from_hand_written_lines():
     assert tables["scores"][1] == [["imitation", "0.25 [0.05, 0.70] n=4"], ["score", "1.00 [0.51, 1.00] n=4"]]
     assert tables["changes"][1] == [["score", "+3 -0 of 4 (p=0.25)"]]  # seed 1's "a" and both "b" rose
     assert tables["cost"][1][0][3:5] == ["5", "50"] and tables["cost"][1][1][3:5] == ["2.5", "25"]
+
+
+def test_a_remedy_branches_from_another_comparison(tiny_dir, tmp_path, monkeypatch, capsys):
+    """`--branch-from` a finished comparison: a remedy that changes only SCoRe-SFT (here
+    --sft-replay-bc) copies the main run's evaluation, BC and MPS and trains only SFT, and imitation
+    is copied whole, so the remedy costs one SFT phase and the pairs are the same tasks."""
+    base = ["compare", "--student", tiny_dir, "--tasks", "arith", "--n", str(N), "--bc-fraction", "0.4",
+            "--max-steps", "5", "--max-new-tokens", "6", "--sft-epochs", "1", "--runs-dir", str(tmp_path),
+            "--seeds", "0", "--arms", "imitation,score-sft", "--keep-correct-rate", "1"]
+    assert score.main([*base, "--run", "first"]) == 0
+    work = _count_work(monkeypatch)
+    trained = []
+    import sft
+    real = sft.train_sft
+
+    def train_sft(student, records, *args, **kwargs):
+        trained.append(len(records))
+        return real(student, records, *args, **kwargs)
+
+    monkeypatch.setattr(sft, "train_sft", train_sft)
+    assert score.main([*base, "--run", "remedy", "--sft-replay-bc", "--branch-from", str(tmp_path / "first")]) == 0
+    capsys.readouterr()
+    assert {key for key, count in work.items() if count} == {
+        ("s0-score", "sft"), ("s0-score", "eval sft"), ("s0-score", "eval heldout-sft")}  # and nothing else
+    first, remedy = tmp_path / "first" / "s0-score", tmp_path / "remedy" / "s0-score"
+    phases = json.loads((remedy / "phases.json").read_text())
+    assert all(phases[p]["copied_from"] == "s0-score" for p in ("eval", "bc", "mps"))
+    assert "copied_from" not in phases["sft"]
+    replayed = [r for r in read_jsonl(first / "bc.jsonl") if r["correct"]]
+    assert replayed and trained == [len(read_jsonl(first / "sft.jsonl")) + len(replayed)]
+    imitation = json.loads((tmp_path / "remedy" / "s0-imitation" / "phases.json").read_text())
+    assert all(imitation[p]["copied_from"] == "s0-imitation" for p in ("eval", "bc"))
+    lines = {r["arm"]: r for r in read_jsonl(tmp_path / "remedy" / "results" / "seed-0.jsonl")}
+    assert lines["imitation"]["scores"] == {r["arm"]: r for r in read_jsonl(
+        tmp_path / "first" / "results" / "seed-0.jsonl")}["imitation"]["scores"]
+
+
+def test_branch_from_must_be_a_comparison(tmp_path, capsys):
+    assert score.main(["compare", "--branch-from", str(tmp_path / "none"), "--runs-dir", str(tmp_path)]) == 2
+    assert "no comparison there (no compare.json)" in " ".join(capsys.readouterr().out.split())
