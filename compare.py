@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import score
-from config import OPERATIONAL, PHASES, Config, check_memory, init_source, parse_args
-from report import duration, markdown_table, rich_table, score_cell, sign_test
-from runs import (ConfigError, config_hash, finished_phases, git_commit, make_console, read_jsonl, write_atomic,
-                  write_json_atomic)
+from config import OPERATIONAL, PHASES, Config, check_memory, init_source, parse_args, reusable_phases
+from report import duration, interval95, markdown_table, rich_table, score_cell, sign_test
+from runs import (ConfigError, config_hash, finished_phases, git_commit, guarded, make_console, read_jsonl,
+                  write_atomic, write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def run_once(request: Request, directory: Path, seed: int, run: str, plan: Plan,
     done = finished_run_phases(run_dir)
     source = init_source(config) if init_from else None
     if source and not finished_phases(run_dir) and (source / "config.json").exists():
-        done |= set(score.reusable_phases(config, source)[0]) & finished_run_phases(source)  # it branches first
+        done |= set(reusable_phases(config, source)[0]) & finished_run_phases(source)  # it branches first
     todo = [p for p in plan.phases[run] if p not in done]
     if not todo and source and not finished_phases(run_dir):  # all it needs is in the run it branches from:
         score.run_loop(parse_args(args + ["--phases", "eval"]), quiet())  # copy it (eval is found done)
@@ -270,7 +270,7 @@ def branch_source(request: Request, directory: Path, seed: int, run: str, plan: 
     for name in candidates:
         source = Path(name) if Path(name).is_dir() else directory / name
         if (source / "config.json").exists():
-            reusable = set(score.reusable_phases(config, source)[0]) & finished_run_phases(source)
+            reusable = set(reusable_phases(config, source)[0]) & finished_run_phases(source)
             if len(reusable) > most:
                 best, most = name, len(reusable)
     return best
@@ -399,7 +399,7 @@ def pooled_tables(lines: list[dict]) -> dict:
     """Headers and rows of the three tables, from results lines alone.
 
     Scores: per arm and task set, the per-task scores of every seed pooled (n = tasks x seeds) with a
-    95% interval (score.interval95). Against imitation: pairs (seed, task) scored by both arms; tasks
+    95% interval (interval95). Against imitation: pairs (seed, task) scored by both arms; tasks
     whose score rose / fell, and the exact two-sided sign test on them (report.sign_test). Cost: per
     seed, the mean over the seeds."""
     arms = [a for a in ARMS if any(line["arm"] == a for line in lines)]
@@ -416,7 +416,7 @@ def pooled_tables(lines: list[dict]) -> dict:
         for task_set in sets:
             values = list(pooled(arm, task_set).values())
             if values:
-                mean, low, high = score.interval95(values)
+                mean, low, high = interval95(values)
                 cells.append(score_cell({"n": len(values), "score": mean, "ci95": [low, high]}))
             else:
                 cells.append("-")
@@ -464,7 +464,7 @@ def draw_arms(lines: list[dict], path: Path) -> Path:
         means, errors = [], [[], []]
         for task_set in sets:
             values = [v for line in lines if line["arm"] == arm for v in line["scores"].get(task_set, {}).values()]
-            mean, low, high = score.interval95(values) if values else (math.nan,) * 3
+            mean, low, high = interval95(values) if values else (math.nan,) * 3
             means.append(mean)
             errors[0].append(mean - low if values else 0)
             errors[1].append(high - mean if values else 0)
@@ -559,7 +559,7 @@ def run_compare(request: Request, console) -> int:
 def main(argv: list[str] | None = None) -> int:
     console = make_console()
     argv = sys.argv[1:] if argv is None else argv
-    return score.guarded(lambda: run_compare(parse_request(argv), console), console)
+    return guarded(lambda: run_compare(parse_request(argv), console), console)
 
 
 if __name__ == "__main__":

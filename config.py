@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +249,43 @@ def rollout_dtype(config: Config) -> str:
 def init_source(config: Config) -> Path:
     """The run directory --init-from names (a directory, or a run name under --runs-dir)."""
     return Path(config.init_from) if Path(config.init_from).is_dir() else Path(config.runs_dir) / config.init_from
+
+
+# ----------------------------------------------------------------------------------------------
+# Run names, and branching from another run (--init-from)
+
+
+def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]:
+    """(phases a run with this config may copy from the run in `source`, the result-affecting fields
+    that differ): every phase before the first one that a changed field affects."""
+    saved = json.loads((source / "config.json").read_text())
+    mine = dataclasses.asdict(config)
+    # A field the source's code did not have yet had its default there.
+    default = {f.name: f.default for f in dataclasses.fields(Config)}
+    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and saved.get(k, default[k]) != mine[k]]
+    first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
+    return list(PHASES[:first]), changed
+
+
+def init_from(config: Config, run_dir: Path, console) -> None:
+    """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
+    from runs import ConfigError, branch_run
+    source = init_source(config)
+    if not (source / "config.json").exists():
+        raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
+    phases, changed = reusable_phases(config, source)
+    copied = branch_run(source, run_dir, phases)
+    console.print(f"init-from {source.name}: copied finished phases {', '.join(copied) or 'none'}"
+                  + (f" (changed: {', '.join(changed)})" if changed else ""))
+
+
+def run_name(config: Config) -> str:
+    from runs import config_hash
+    plain = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-") or "model"  # a plain run name
+    student = plain(Path(config.student).resolve().name if config.student in (".", "..") else
+                    Path(config.student.rstrip("/")).name)
+    teacher = plain(Path(config.teacher.rstrip("/")).stem) if not config.teacher_url else "url"
+    return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,6 +42,56 @@ EVAL_ROWS = (("teacher", "teacher"), ("base", "student before"), ("bc", "after B
 TRAINING_PHASES = ("bc", "mps", "sft", "rl")  # the keys of phases.json, in run order
 
 
+# ----------------------------------------------------------------------------------------------
+# Scores with intervals: each evaluation's summary (score.py, phase_eval)
+
+
+def interval95(scores: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% interval: Wilson for 0/1 scores (sound at small n), normal otherwise (F1)."""
+    n = len(scores)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = sum(scores) / n
+    z = 1.96
+    if all(s in (0.0, 1.0) for s in scores):
+        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return mean, max(0.0, centre - half), min(1.0, centre + half)
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, n - 1))
+    return mean, max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n))
+
+
+def summarise(trajectories: list[dict], wall_s: float) -> dict:
+    """Per task set: score with n and 95% interval, finished rate, mean steps, generated tok/s."""
+    table = {}
+    for name in sorted({t["task_set"] for t in trajectories}):
+        rows = [t for t in trajectories if t["task_set"] == name]
+        mean, low, high = interval95([t["score"] or 0.0 for t in rows])
+        table[name] = {"n": len(rows), "score": mean, "ci95": [low, high],
+                       "correct": sum(bool(t["correct"]) for t in rows) / len(rows),
+                       "finished": sum(t["finished"] for t in rows) / len(rows),
+                       "mean_steps": sum(len(t["steps"]) for t in rows) / len(rows)}
+    generated = sum(len(s["token_ids"] or []) for t in trajectories for s in t["steps"] if s["author"] == "student")
+    return {"task_sets": table, "generated_tokens": generated, "wall_s": wall_s,
+            "tok_per_s": generated / wall_s if wall_s > 0 else 0.0}
+
+
+
+def print_summary(summary: dict, console) -> None:
+    from rich.table import Table
+    oracle = " - an oracle: it knows the reference solutions" if summary.get("oracle") else ""
+    table = Table(title=f"eval: {summary['label']} ({summary['student']}){oracle}")
+    for column in ("task set", "n", "score", "95% interval", "finished", "mean steps"):
+        table.add_column(column, justify="right" if column != "task set" else "left")
+    for name, row in summary["task_sets"].items():
+        table.add_row(name, str(row["n"]), f"{row['score']:.3f}", f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]",
+                      f"{row['finished']:.0%}", f"{row['mean_steps']:.1f}")
+    console.print(table)
+    console.print(f"generated {summary['generated_tokens']} tokens in {summary['wall_s']:.0f} s "
+                  f"({summary['tok_per_s']:.1f} tok/s, tools and prefill included)")
+
+
+
 def outcome(record: dict) -> str:
     if record.get("hard"):
         return f"hard: {record.get('hard_reason', '')}"

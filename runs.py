@@ -12,6 +12,7 @@ overwritten), and readers key records by task id.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,42 @@ class ConfigError(ValueError):
 RUN_NAME_RULE = ("a run name is a plain name: ASCII letters, digits, '-', '_' and '.', at most 100 characters, "
                  "not starting with '.' or '-'")
 RUN_NAME_MAX_CHARS = 100
+
+
+DISK_ERRORS = {errno.EACCES: "choose another --runs-dir, or fix its permissions",
+               errno.EPERM: "choose another --runs-dir, or fix its permissions",
+               errno.EROFS: "the filesystem is read-only: choose another --runs-dir",
+               errno.ENOSPC: "the disk is full: free space, or choose another --runs-dir",
+               errno.EDQUOT: "the disk quota is used up: free space, or choose another --runs-dir"}
+
+
+def guarded(work, console) -> int:
+    """Run work() -> exit code; a mistake a user can cause ends with one line and exit code 2."""
+    import torch
+    from environment.tasks import TaskError
+    from student import StudentError
+    from teacher import TeacherError
+    try:
+        return work()
+    except (ConfigError, StudentError, TaskError, TeacherError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except torch.OutOfMemoryError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        console.print(f"[red]error:[/red] CUDA out of memory ({first[:120]}): try a smaller --eval-batch-size, "
+                      "a LoRA student (automatic from 1B), or a smaller teacher (--teacher qwen-32b-q4 or "
+                      "--teacher-url); finished records are kept and the same command resumes", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: finished records are saved; run the same command again to resume")
+        return 130
+    except OSError as exc:  # the disk, not the program: read-only, full, or not ours
+        if exc.errno not in DISK_ERRORS:
+            raise
+        console.print(f"[red]error:[/red] cannot write {exc.filename or 'the run directory'}: {exc.strerror} "
+                      f"({DISK_ERRORS[exc.errno]}); finished records are kept and the same command resumes",
+                      highlight=False)
+        return 2
 
 
 def check_run_name(name: str) -> None:

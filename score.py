@@ -22,58 +22,21 @@ same command again resumes it (runs.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import errno
 import json
-import math
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
-from config import (FIRST_PHASE_OF, OPERATIONAL, PHASES, Config, check_gpu_plan, check_memory, check_resources,
-                    command_for, hardware, init_source, load_tasks_for, parse_args, print_budget, rollout_dtype,
-                    section, sft_config, world_size)
+from config import (OPERATIONAL, Config, check_gpu_plan, check_memory, check_resources, command_for,
+                    hardware, init_from, init_source, load_tasks_for, parse_args, print_budget, reusable_phases,
+                    rollout_dtype, run_name, section, sft_config, world_size)
 from mps import MPSConfig
 from rl import RL_PRESETS
-from runs import finished_phases
-
-
-# ----------------------------------------------------------------------------------------------
-# Scores with intervals
-
-
-def interval95(scores: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% interval: Wilson for 0/1 scores (sound at small n), normal otherwise (F1)."""
-    n = len(scores)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = sum(scores) / n
-    z = 1.96
-    if all(s in (0.0, 1.0) for s in scores):
-        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return mean, max(0.0, centre - half), min(1.0, centre + half)
-    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, n - 1))
-    return mean, max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n))
-
-
-def summarise(trajectories: list[dict], wall_s: float) -> dict:
-    """Per task set: score with n and 95% interval, finished rate, mean steps, generated tok/s."""
-    table = {}
-    for name in sorted({t["task_set"] for t in trajectories}):
-        rows = [t for t in trajectories if t["task_set"] == name]
-        mean, low, high = interval95([t["score"] or 0.0 for t in rows])
-        table[name] = {"n": len(rows), "score": mean, "ci95": [low, high],
-                       "correct": sum(bool(t["correct"]) for t in rows) / len(rows),
-                       "finished": sum(t["finished"] for t in rows) / len(rows),
-                       "mean_steps": sum(len(t["steps"]) for t in rows) / len(rows)}
-    generated = sum(len(s["token_ids"] or []) for t in trajectories for s in t["steps"] if s["author"] == "student")
-    return {"task_sets": table, "generated_tokens": generated, "wall_s": wall_s,
-            "tok_per_s": generated / wall_s if wall_s > 0 else 0.0}
+from report import print_summary, summarise
+from runs import finished_phases, guarded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,92 +373,8 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
     phase_eval(config, run_dir, console, label="sft", student_path=str(run_dir / "checkpoints" / "sft"))
 
 
-def print_summary(summary: dict, console) -> None:
-    from rich.table import Table
-    oracle = " - an oracle: it knows the reference solutions" if summary.get("oracle") else ""
-    table = Table(title=f"eval: {summary['label']} ({summary['student']}){oracle}")
-    for column in ("task set", "n", "score", "95% interval", "finished", "mean steps"):
-        table.add_column(column, justify="right" if column != "task set" else "left")
-    for name, row in summary["task_sets"].items():
-        table.add_row(name, str(row["n"]), f"{row['score']:.3f}", f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]",
-                      f"{row['finished']:.0%}", f"{row['mean_steps']:.1f}")
-    console.print(table)
-    console.print(f"generated {summary['generated_tokens']} tokens in {summary['wall_s']:.0f} s "
-                  f"({summary['tok_per_s']:.1f} tok/s, tools and prefill included)")
-
-
 # ----------------------------------------------------------------------------------------------
-# Before the phases: branching from another run (--init-from)
-
-
-def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]:
-    """(phases a run with this config may copy from the run in `source`, the result-affecting fields
-    that differ): every phase before the first one that a changed field affects."""
-    saved = json.loads((source / "config.json").read_text())
-    mine = dataclasses.asdict(config)
-    # A field the source's code did not have yet had its default there.
-    default = {f.name: f.default for f in dataclasses.fields(Config)}
-    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and saved.get(k, default[k]) != mine[k]]
-    first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
-    return list(PHASES[:first]), changed
-
-
-def init_from(config: Config, run_dir: Path, console) -> None:
-    """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
-    from runs import ConfigError, branch_run
-    source = init_source(config)
-    if not (source / "config.json").exists():
-        raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
-    phases, changed = reusable_phases(config, source)
-    copied = branch_run(source, run_dir, phases)
-    console.print(f"init-from {source.name}: copied finished phases {', '.join(copied) or 'none'}"
-                  + (f" (changed: {', '.join(changed)})" if changed else ""))
-
-
-def run_name(config: Config) -> str:
-    from runs import config_hash
-    plain = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-") or "model"  # a plain run name
-    student = plain(Path(config.student).resolve().name if config.student in (".", "..") else
-                    Path(config.student.rstrip("/")).name)
-    teacher = plain(Path(config.teacher.rstrip("/")).stem) if not config.teacher_url else "url"
-    return config.run or f"{student}-{teacher}-{config_hash(config, OPERATIONAL)}"
-
-
-DISK_ERRORS = {errno.EACCES: "choose another --runs-dir, or fix its permissions",
-               errno.EPERM: "choose another --runs-dir, or fix its permissions",
-               errno.EROFS: "the filesystem is read-only: choose another --runs-dir",
-               errno.ENOSPC: "the disk is full: free space, or choose another --runs-dir",
-               errno.EDQUOT: "the disk quota is used up: free space, or choose another --runs-dir"}
-
-
-def guarded(work, console) -> int:
-    """Run work() -> exit code; a mistake a user can cause ends with one line and exit code 2."""
-    import torch
-    from environment.tasks import TaskError
-    from runs import ConfigError
-    from student import StudentError
-    from teacher import TeacherError
-    try:
-        return work()
-    except (ConfigError, StudentError, TaskError, TeacherError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        console.print(f"[red]error:[/red] CUDA out of memory ({first[:120]}): try a smaller --eval-batch-size, "
-                      "a LoRA student (automatic from 1B), or a smaller teacher (--teacher qwen-32b-q4 or "
-                      "--teacher-url); finished records are kept and the same command resumes", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("interrupted: finished records are saved; run the same command again to resume")
-        return 130
-    except OSError as exc:  # the disk, not the program: read-only, full, or not ours
-        if exc.errno not in DISK_ERRORS:
-            raise
-        console.print(f"[red]error:[/red] cannot write {exc.filename or 'the run directory'}: {exc.strerror} "
-                      f"({DISK_ERRORS[exc.errno]}); finished records are kept and the same command resumes",
-                      highlight=False)
-        return 2
+# The command line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,7 +405,7 @@ def quiet_libraries() -> None:
 
 def run_loop(config: Config, console) -> int:
     """The phases of config.phases in order, in the run directory the config names."""
-    from runs import mark_phase_done, open_run
+    from runs import open_run
     if not config.verbose:
         quiet_libraries()
     run_dir = Path(config.runs_dir) / run_name(config)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+import report
 import score
-from config import (KEY_STEPS_PER_TASK, KNOWLEDGE, OPERATIONAL, PHASES, RL_STARTS_PER_TASK, Config, budget, hardware,
+from config import (KEY_STEPS_PER_TASK, reusable_phases, run_name, KNOWLEDGE, OPERATIONAL, PHASES, RL_STARTS_PER_TASK, Config, budget, hardware,
                     load_tasks_for, parse_args, print_budget, sft_config)
 from runs import read_jsonl
 
@@ -80,9 +81,9 @@ def test_user_errors_are_one_line(argv, needle, tmp_path, capsys, monkeypatch):
 
 def test_interval95():
     """Wilson interval for 0/1 scores; it stays inside [0, 1] and contains the mean."""
-    mean, low, high = score.interval95([1.0] * 8 + [0.0] * 8)
+    mean, low, high = report.interval95([1.0] * 8 + [0.0] * 8)
     assert mean == 0.5 and 0.27 < low < 0.3 and 0.7 < high < 0.73
-    assert score.interval95([0.0] * 16)[1:] == (0.0, pytest.approx(0.194, abs=0.002))
+    assert report.interval95([0.0] * 16)[1:] == (0.0, pytest.approx(0.194, abs=0.002))
 
 
 def test_phases_bc_mps_sft_chain(tiny_dir, tmp_path, capsys):
@@ -263,11 +264,11 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     plain = parse_args(["--teacher-knowledge", "0"])
     score.open_teacher(plain, tmp_path, [], console)  # through make_teacher, as before
     assert RecordingTeacher.made[-1]["knowledge"] in (None, 0.0)  # not passed, or passed as 0
-    assert score.run_name(parse_args(["--teacher-knowledge", "0.3"])) != score.run_name(plain)
+    assert run_name(parse_args(["--teacher-knowledge", "0.3"])) != run_name(plain)
     open_run(tmp_path / "source", plain, OPERATIONAL)
-    assert score.reusable_phases(parse_args(["--teacher-knowledge", "0.5"]), tmp_path / "source") == \
+    assert reusable_phases(parse_args(["--teacher-knowledge", "0.5"]), tmp_path / "source") == \
         (["eval"], ["teacher_knowledge"])
-    assert score.reusable_phases(parse_args(["--n-train", "7"]), tmp_path / "source")[0] == ["eval"]
+    assert reusable_phases(parse_args(["--n-train", "7"]), tmp_path / "source")[0] == ["eval"]
 
 
 @pytest.mark.parametrize("argv,needle", [
