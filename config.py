@@ -104,6 +104,10 @@ class Config:
     mps_temperature: float = arg(0.6, "student sampling temperature during MPS (paper: 0.6)", "mps")
     keep_correct_rate: float = arg(MPSConfig.keep_correct_rate, "share of correct uncorrected SFT-half episodes "
                                    "kept for SFT (paper: 50%)", "mps")
+    mps_tasks: str = arg("rest", "the training tasks MPS rolls out: the rest after the BC share (the paper), or all "
+                                 "of them, the BC share too, split 50/50 into SFT and RL by another hash (a remedy "
+                                 "measured in bench/RESULTS.md; with --bc-fraction 1 it is SCoRe after full imitation)",
+                         "mps", ("rest", "all"))
     teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
                                       "task's reference solution", "mps", ("answer", "solution"))
 
@@ -234,6 +238,15 @@ def load_tasks_for(config: Config, split: str) -> list:
             for t in load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl)]
 
 
+def mps_split(config: Config, task_id: str) -> str:
+    """A training task's split for MPS: bc (MPS does not roll it out), sft or rl (mps.assign_split). With
+    --mps-tasks all every task is rolled out, split by its own hash so that SFT and RL are not the BC share."""
+    from mps import assign_split
+    if config.mps_tasks == "all":
+        return assign_split(task_id + "|mps", config.seed, 0.0)
+    return assign_split(task_id, config.seed, config.bc_fraction)
+
+
 def rollout_dtype(config: Config) -> str:
     """Evaluation and MPS only need sampled ids, not log-probs that training will check, so they may
     sample in bf16: on CPUs with native bf16 (AMX / AVX512-BF16) that is ~4x faster here
@@ -340,9 +353,10 @@ def check_config(config: Config) -> None:
     if config.group_size is not None and config.group_size < 2:
         raise ConfigError(f"--group-size {config.group_size}: the group baseline ({config.advantage}) needs at "
                           "least 2 continuations per start state (with 1 every advantage is 0 and RL learns nothing)")
-    if config.method == "score" and config.bc_fraction == 1.0:
+    if config.method == "score" and config.bc_fraction == 1.0 and config.mps_tasks == "rest":
         raise ConfigError("--bc-fraction 1 gives every training task to BC and none to MPS: that is the imitation "
-                          "baseline; say --method imitation, or give a share below 1")
+                          "baseline; say --method imitation, give a share below 1, or run MPS on every task "
+                          "(--mps-tasks all)")
     if config.max_context_tokens is not None and config.max_new_tokens is not None \
             and config.max_new_tokens >= config.max_context_tokens:
         raise ConfigError(f"--max-new-tokens {config.max_new_tokens} leaves no room for the prompt in "
@@ -549,9 +563,10 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     test = config.n * sets
     # The counts come from the split the phases use (a hash of each task's id), not from the shares:
     # at a small --n the two differ by several tasks, and a half can be empty.
-    halves = Counter("bc" if config.method == "imitation" else assign_split(t.id, config.seed, config.bc_fraction)
-                     for t in load_tasks_for(config, "train"))
-    bc, sft_half, rl_half = halves["bc"], halves["sft"], halves["rl"]
+    train = load_tasks_for(config, "train")
+    bc = sum(config.method == "imitation" or assign_split(t.id, config.seed, config.bc_fraction) == "bc" for t in train)
+    halves = Counter(mps_split(config, t.id) for t in train) if config.method == "score" else Counter()
+    sft_half, rl_half = halves["sft"], halves["rl"]
     mps = sft_half + rl_half
     sft = round(sft_half * SFT_RECORDS_PER_TASK)
     rl_preset = RL_PRESETS[hardware(config)]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
 from config import (OPERATIONAL, Config, check_gpu_plan, check_memory, check_resources, command_for,
-                    hardware, init_from, init_source, load_tasks_for, parse_args, print_budget, reusable_phases,
+                    hardware, init_from, init_source, load_tasks_for, mps_split, parse_args, print_budget, reusable_phases,
                     rollout_dtype, run_name, section, sft_config, world_size)
 from mps import MPSConfig
 from rl import RL_PRESETS
@@ -291,11 +291,11 @@ MPS_CHUNK = 4  # MPS tasks per run_mps call, in batches: more keeps rows busy, f
 def phase_mps(config: Config, run_dir: Path, console) -> None:
     """Phase 1: student rollouts with one-step teacher corrections; mps.jsonl, sft.jsonl, keysteps.jsonl."""
     from agent import Trajectory
-    from mps import assign_split, derive_outputs, diagnostics, run_mps
+    from mps import derive_outputs, diagnostics, run_mps
     from runs import append_jsonl, mark_phase_done, read_jsonl, write_json_atomic
     from student import load_student
     tasks = load_tasks_for(config, "train")
-    splits = {t.id: assign_split(t.id, config.seed, config.bc_fraction) for t in tasks}
+    splits = {t.id: mps_split(config, t.id) for t in tasks}
     share = [t for t in tasks if splits[t.id] in ("sft", "rl")]
     path = run_dir / "mps.jsonl"
     done = {r["task_id"] for r in read_jsonl(path)}

@@ -1,4 +1,5 @@
 """The command line: config, presets, resume rules, and `score.py eval` on a tiny saved student."""
+import collections
 import dataclasses
 import json
 
@@ -236,8 +237,8 @@ def test_whole_loop_through_llama_cpp(tiny_dir, tmp_path, capsys):
 
 
 class RecordingTeacher:
-    """Stands in for teacher.ReferenceTeacher with the knowledge keyword (its arguments are recorded;
-    knowledge None = not passed)."""
+    """Stands in for environment.reference_teacher.ReferenceTeacher with the knowledge keyword (its
+    arguments are recorded; knowledge None = not passed)."""
     made: list = []
 
     def __init__(self, tasks=(), seed=0, knowledge=None):
@@ -249,10 +250,10 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     that writes BC trajectories and MPS steps; P = 0 keeps today's call. P is in the config hash,
     and an --init-from branch that changes only P reuses the evaluation before training, nothing more."""
     import io
-    import teacher
+    import environment.reference_teacher as reference_teacher
     from rich.console import Console
     from runs import open_run
-    monkeypatch.setattr(teacher, "ReferenceTeacher", RecordingTeacher)
+    monkeypatch.setattr(reference_teacher, "ReferenceTeacher", RecordingTeacher)
     monkeypatch.setattr(score, "OPENED_TEACHERS", [])  # the stand-ins must not reach later tests' cost counts
     RecordingTeacher.made.clear()
     console = Console(file=io.StringIO())
@@ -328,3 +329,20 @@ def test_sandbox_option_reaches_every_episode_sandbox():
         assert box.mode == "limits"
     assert describe_isolation("limits").startswith("sandbox: limits (")
 
+
+
+def test_mps_on_every_task_splits_them_by_their_own_hash():
+    """--mps-tasks all: MPS rolls out the BC share too, split 50/50 into SFT and RL by a hash of its
+    own, so neither half is the BC share; with --bc-fraction 1 it is SCoRe after full imitation."""
+    from config import load_tasks_for, mps_split
+    from mps import assign_split
+    rest = parse_args(["--n", "40"])
+    every = parse_args(["--n", "40", "--mps-tasks", "all", "--bc-fraction", "1"])
+    tasks = load_tasks_for(rest, "train")
+    assert all(mps_split(rest, t.id) == assign_split(t.id, rest.seed, rest.bc_fraction) for t in tasks)  # unchanged
+    splits = collections.Counter(mps_split(every, t.id) for t in tasks)
+    assert set(splits) == {"sft", "rl"} and min(splits.values()) >= 0.3 * len(tasks)
+    in_bc = [t for t in tasks if assign_split(t.id, rest.seed, rest.bc_fraction) == "bc"]
+    assert {mps_split(every, t.id) for t in in_bc} == {"sft", "rl"}  # the BC share lands in both halves
+    rows = {phase: what for phase, what, _ in budget(every)}
+    assert rows["mps"].startswith(f"{len(tasks)} tasks") and f"teacher solves {len(tasks)} tasks" in rows["bc"]
