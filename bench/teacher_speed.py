@@ -3,7 +3,7 @@ and what reusing the KV cache of a shared prompt prefix saves.
 
 Why prefix reuse matters: MPS asks for a verdict on a trajectory and then, right away, for a
 replacement of step k. Both prompts start with the same system turn, task and steps 1..k-1
-(teacher.render_steps renders each step on its own), and llama.cpp keeps the previous prompt's KV
+(teacher_prompts.render_steps renders each step on its own), and llama.cpp keeps the previous prompt's KV
 cache and evaluates only what follows the longest common prefix. Here each replacement is timed
 twice with the same prompt and seed (so the same tokens come out): right after its verdict ("warm"),
 and after `Llama.reset()` has dropped the KV cache ("cold"). Calls bypass the teacher cache.
@@ -42,7 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agent import ACTION_STOP, RolloutConfig  # noqa: E402
 from environment.tasks import load_tasks  # noqa: E402
 from bench.teacher_verdicts import plants, run_case  # noqa: E402
-from teacher import GGUFTeacher, Verdict, make_teacher, verdict_schema  # noqa: E402
+from teacher import Verdict, make_teacher  # noqa: E402
+from teacher_backends import GGUFTeacher  # noqa: E402
+from teacher_prompts import verdict_schema  # noqa: E402
 
 
 def timed(teacher: GGUFTeacher, messages, max_tokens: int, schema=None, stop=None, seed: int = 0):

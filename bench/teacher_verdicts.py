@@ -38,8 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent import RolloutConfig, Step, Trajectory, format_step, grade_trajectory, replay_codes, run_step  # noqa: E402
 from environment.graders import is_correct  # noqa: E402
+from environment.reference_teacher import next_reference_position, numbers_in, shows_checkpoint  # noqa: E402
 from environment.tasks import load_tasks  # noqa: E402
-from teacher import make_teacher, next_reference_position, numbers_in, shows_checkpoint  # noqa: E402
+from teacher import make_teacher  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 

@@ -876,7 +876,7 @@ def _first_n(task_set: str, seed: int, split: str, tasks: list[Task], n: int | N
 # teacher that knows a step's fact states it, in the thought (`statement`) and in the code (the
 # `stated` bindings), instead of running the step, and goes on in the same turn with the next step
 # whose fact it does not know. Who knows what is the caller's rule (`knows(fact) -> bool`; the
-# reference teacher's is teacher.knows_fact); with nothing known the solution comes back unchanged.
+# reference teacher's is reference_teacher.knows_fact); with nothing known the solution comes back unchanged.
 
 def knowing_step(solution: tuple[RefStep, ...], position: int,
                  knows) -> tuple[RefStep, int]:

@@ -354,7 +354,7 @@ def test_lookup_heldout_is_another_world():
 # ---------------------------------------------------------------------------------------------------
 
 def test_knowing_solution_by_hand():
-    """Breaks: the knowing teacher's steps (teacher.py's reference teacher with --teacher-knowledge).
+    """Breaks: the knowing teacher's steps (environment/reference_teacher.py with --teacher-knowledge).
     By hand, the shop problem of test_shop_template_by_hand: knowing the subtotal, the teacher writes
     `subtotal = 360` and goes straight on to the discount in the same step; knowing both steps, it
     answers in one step of literals; knowing nothing, the solution is the reference itself. A lookup

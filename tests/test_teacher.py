@@ -17,9 +17,10 @@ import pytest
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step
 from environment.tasks import load_tasks
-from teacher import (TEACHER_PRESETS, GGUFTeacher, LLMTeacher, ReferenceTeacher, Reply, TeacherConfig,
-                     TeacherError, TeacherUnavailable, URLTeacher, Verdict, as_fresh_attempt, cpu_has_amx, make_teacher, parse_verdict,
-                     render_steps, shows_checkpoint, verdict_schema)
+from environment.reference_teacher import ReferenceTeacher, shows_checkpoint
+from teacher import LLMTeacher, Reply, TeacherConfig, TeacherError, TeacherUnavailable, Verdict, make_teacher
+from teacher_backends import TEACHER_PRESETS, GGUFTeacher, URLTeacher, cpu_has_amx
+from teacher_prompts import as_fresh_attempt, parse_verdict, render_steps, verdict_schema
 from tools import Sandbox
 
 CONFIG = RolloutConfig()
@@ -221,7 +222,7 @@ def test_knowledge_zero_is_todays_reference_teacher(recipe, product):
     self-contained). If this broke, `--teacher-knowledge 0` would not reproduce the results measured
     before the knowledge gap existed."""
     from environment.tasks import knowing_solution
-    from teacher import knows_nothing
+    from environment.reference_teacher import knows_nothing
     tasks = knowledge_tasks()
     default, zero = ReferenceTeacher(tasks), make_teacher("reference", tasks, knowledge=0.0, seed=3)
     assert default.knowledge == zero.knowledge == 0.0
@@ -247,7 +248,7 @@ def test_knowledge_one_never_searches_a_known_fact(monkeypatch):
     not know, and every edge it knows is stated, not searched. If this broke, the teacher-student gap
     would not be there, or would be there only in the text."""
     import tools
-    from teacher import knows_fact
+    from environment.reference_teacher import knows_fact
     queries = []
     original = tools.SearchIndex.search
     monkeypatch.setattr(tools.SearchIndex, "search", lambda self, query, k=3: queries.append(query) or original(self, query, k))
@@ -291,7 +292,7 @@ def test_knowledge_is_one_seeded_rule_for_bc_and_corrections():
     the seeded hash of (fact, seed): P is the share of facts known, a larger P knows a superset,
     another seed knows other facts. If this broke, MPS corrections and BC data would come from two
     different teachers, and the experiment would not test one teacher's knowledge."""
-    from teacher import knows_fact
+    from environment.reference_teacher import knows_fact
     facts = [f"founder|Company {i}" for i in range(4000)]
     for p in (0.1, 0.5, 0.9):
         assert abs(sum(knows_fact(f, p, 0) for f in facts) / len(facts) - p) < 0.03
@@ -331,7 +332,7 @@ def test_knowledge_corrections_state_what_the_teacher_knows(product):
     founder hop: stated (`founder = "Vokel Breitail"`, no search) by a seed that knows that edge,
     searched by a seed that does not, exactly as knows_fact says, and either one runs and shows the
     way on. If this broke, corrections would ignore the teacher's knowledge."""
-    from teacher import knows_fact
+    from environment.reference_teacher import knows_fact
     trajectory = episode(product, [ref(product, 1), 'final_answer("1950")'])
     edge = product.solution[2].fact
     assert edge == "founder|Druzideim Industries"
@@ -358,7 +359,7 @@ def test_knowledge_solutions_reach_the_answer(knowledge):
     sandbox without an error, end with the correct answer within the reference's number of steps, and
     its own rules find no error in them. If this broke, BC at P > 0 would train on wrong or broken
     trajectories, or the oracle row would not be 100%."""
-    from teacher import first_error
+    from environment.reference_teacher import first_error
     tasks = knowledge_tasks()
     teacher = ReferenceTeacher(tasks, seed=1, knowledge=knowledge)
     shorter = 0
@@ -379,7 +380,7 @@ def test_knowledge_judges_the_students_stated_facts(product):
     error; stating the right company is not, and counts as reached (the correction moves on to the
     founder hop); searching instead is fine. If this broke, the teacher would wave through
     hallucinated facts, or blame students for knowing."""
-    from teacher import self_contained_step
+    from environment.reference_teacher import self_contained_step
     teacher = ReferenceTeacher([product], seed=0, knowledge=0.5)
     titles = [p.split(": ", 1)[0] for p in product.corpus]
     other = next(t for t in titles if t.endswith(" Corp") and t != "Druzideim Industries")
@@ -679,7 +680,7 @@ def test_http_real_llama_cpp_server(recipe):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # On CPUs with AMX the plain module crashes on multi-token prompts (teacher.py, deviation 5).
+    # On CPUs with AMX the plain module crashes on multi-token prompts (teacher_backends.py, deviation 1).
     launcher = [str(ROOT / "teacher.py"), "serve"] if cpu_has_amx() else ["-m", "llama_cpp.server"]
     process = subprocess.Popen([sys.executable, *launcher, "--model", str(offline_gguf_path()), "--host", "127.0.0.1",
                                 "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"],

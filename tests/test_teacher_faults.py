@@ -17,8 +17,8 @@ from environment.tasks import RefStep, Task
 from mps import MPSConfig, run_mps
 from runs import append_jsonl, read_jsonl
 from student import ScriptedStudent
-from teacher import (TEACHER_PRESETS, TeacherConfig, TeacherError, TeacherStats, TeacherUnavailable, URLTeacher,
-                     Verdict, cached_preset, check_teacher, make_teacher, preset_files)
+from teacher import TeacherConfig, TeacherError, TeacherStats, TeacherUnavailable, Verdict, check_teacher, make_teacher
+from teacher_backends import TEACHER_PRESETS, URLTeacher, cached_preset, preset_files
 
 FAST = TeacherConfig(timeout_s=2.0, retry_delays_s=(0.0, 0.0))  # 3 attempts, no waiting: tests stay quick
 
