@@ -49,17 +49,13 @@ Deviations from the paper, each with its reason:
   7. Data parallel, not the paper's 8-GPU PPO setup: under `accelerate launch --num_processes N`
      (or torchrun) each process samples and scores its share of an update's start states, the
      normaliser N is summed over all processes, and the gradients are summed (not averaged) before the
-     one clipped step, so N processes take the same step as one (Processes, at the bottom).
+     one clipped step, so N processes take the same step as one (training.Processes).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import copy
 import dataclasses
-import json
 import math
-import os
 import random
 import re
 import time
@@ -74,8 +70,9 @@ import torch
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
 from environment.graders import is_correct
 from runs import TrainingRun, git_commit, make_console, write_json_atomic
-from sft import prepare_model
 from student import Student, masked_token_logprobs
+from training import (Processes, human_line, micro_batches, pad_left, prepare_policy, sample_record, step_from_dict,
+                      update_record)
 
 
 @dataclass(frozen=True)
@@ -236,6 +233,55 @@ def same_signature(a: Step, b: Step, grader: str) -> bool:
         return False
     answers_match = sa.answer is None or is_correct(grader, sa.answer, sb.answer)
     return sa.error_type == sb.error_type and sa.output == sb.output and answers_match
+
+
+# ----------------------------------------------------------------------------------------------
+# METHOD: step signatures, what same_signature compares (deviation 1)
+
+
+# A number as Python prints it, not glued to a word or another number ("x1", "1.2.3" are left alone).
+NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+# The line the sandbox appends when a step raises: "Error: <Type>: <message> (at line ...)".
+ERROR_LINE = re.compile(r"^Error: ([A-Za-z_][\w.]*)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a step did, from its stored record: enough to compare two steps run from the same state."""
+    error_type: str | None  # exception type, e.g. "ZeroDivisionError"; None when the step ran cleanly
+    output: str  # normalise_output of what it printed (the error line excluded)
+    answer: str | None  # the argument of final_answer, when it called it
+
+    def empty(self) -> bool:
+        return self.error_type is None and not self.output and self.answer is None
+
+
+def step_signature(step: Step) -> Signature:
+    text, error_type = step.observation, None
+    errors = list(ERROR_LINE.finditer(text)) if step.error else []
+    if errors:  # the sandbox's error line is the last "Error: ..." line; what precedes it was printed
+        error_type, text = errors[-1].group(1), text[:errors[-1].start()]
+    elif step.error:
+        error_type = "Error"  # an error without the sandbox's line (a parse error is judged before this)
+    return Signature(error_type, normalise_output(text), step.final_answer)
+
+
+def normalise_output(text: str) -> str:
+    """The one normalisation of printed output before two steps are compared.
+
+    Numbers are rewritten one way: thousands commas dropped, integral values without decimals
+    ("378.0" -> "378"), others to 10 significant digits (so 0.1 + 0.2 prints like 0.3). Then every
+    run of whitespace becomes one space and the ends are stripped."""
+    return " ".join(NUMBER.sub(_canonical_number, text).split())
+
+
+def _canonical_number(match: re.Match) -> str:
+    value = Fraction(match.group().replace(",", ""))  # exact: "378.0" is 378, "1e+16" an integer
+    return str(value.numerator) if value.denominator == 1 else format(float(value), ".10g")
+
+
+# ----------------------------------------------------------------------------------------------
+# METHOD: advantages (METHOD.md phase 3, item 4)
 
 
 def group_advantages(rewards: Sequence[float], kind: str) -> list[float] | None:
@@ -512,285 +558,6 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     return summary
 
 
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: the policy to train, micro-batches, metrics and samples
-
-
-def prepare_policy(student: Student, config: RLConfig) -> tuple[bool, list, Student | None]:
-    """(LoRA?, trainable parameters, KL reference). sft.prepare_model with a fresh adapter (deviation 4):
-    with LoRA the SFT adapter is merged and a fresh, seeded one attached, so "adapter disabled" IS the
-    SFT policy (the reference is None); full fine-tuning trains fp32 weights and keeps a frozen copy
-    when KL is on."""
-    use_lora = prepare_model(student, config, fresh_adapter=True)
-    reference = None
-    if not use_lora and config.kl_coef > 0:
-        frozen = copy.deepcopy(student.model).eval().requires_grad_(False)
-        reference = Student(frozen, student.tokenizer, student.device, name=student.name + "-reference")
-    # Sampling and training compute in the same dtype, so the log-probs recorded at sampling are those
-    # the update recomputes (rl/logprob_gap measures it): the rollouts of RL run under the same autocast.
-    student.autocast_dtype = autocast_dtype(config.autocast, student)
-    if reference is not None:
-        reference.autocast_dtype = student.autocast_dtype
-    student.model.eval()
-    return use_lora, [p for p in student.model.parameters() if p.requires_grad], reference
-
-
-def autocast_dtype(setting: str, student: Student) -> torch.dtype | None:
-    """RLConfig.autocast -> the compute dtype of forward passes over the (fp32) weights, or None.
-    On CPU, bf16 pays only with native bf16 instructions (AVX512-BF16, AMX); elsewhere it is emulated."""
-    from student import cpu_has_native_bf16
-    if setting not in ("auto", "bfloat16", "off"):
-        raise ValueError(f"RLConfig.autocast must be auto, bfloat16 or off, not {setting!r}")
-    fp32_weights = next(student.model.parameters()).dtype == torch.float32
-    if setting == "off" or not fp32_weights:
-        return None
-    if setting == "auto" and not (student.device.type == "cpu" and cpu_has_native_bf16()):
-        return None
-    return torch.bfloat16
-
-
-def micro_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[TrainRow]]:
-    """Rows sorted by length (less padding), grouped while rows x longest <= max_tokens; a row longer
-    than max_tokens goes alone."""
-    batches: list[list[TrainRow]] = []
-    for row in sorted(rows, key=lambda r: len(r.ids), reverse=True):
-        if batches and (len(batches[-1]) + 1) * len(batches[-1][0].ids) <= max_tokens:
-            batches[-1].append(row)
-        else:
-            batches.append([row])
-    return batches
-
-
-def pad_left(rows: Sequence[TrainRow], pad_id: int, device) -> tuple[torch.Tensor, ...]:
-    """(ids, attention, positions, mask), each (B, T), left-padded as the sampler pads; positions
-    count real tokens only, so a padded row sees the positions it would see alone."""
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row.ids):] = torch.tensor(row.ids)
-        attention[i, width - len(row.ids):] = 1
-        mask[i, width - len(row.ids):] = torch.tensor(row.mask)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), attention.to(device), positions.to(device), mask.to(device)
-
-
-def update_record(update_idx: int, per_epoch: int, batch: Sequence[StartState], groups, rewards, advantages,
-                  rows: Sequence[TrainRow], sums: dict, grad_norm: float | None, timings: dict,
-                  config: RLConfig) -> dict:
-    """The metrics line of one update: true means over its episodes or tokens. sums: what
-    micro_batch_loss returned, added up; grad_norm is None when every group was skipped (no step)."""
-    flat = [r for group in rewards for r in group]
-    used_advantages = [a for group in advantages if group is not None for a in group]
-    sampled = [lp for g, s in zip(groups, batch) for t in g for step in t.steps[s.k - 1:] for lp in step.logprobs]
-    num_tokens, stepped = sum(sum(r.mask) for r in rows), grad_norm is not None
-
-    def share(test) -> float:
-        return sum(map(test, flat)) / len(flat)
-
-    record = {
-        "rl/update": update_idx + 1,  # updates done, 1-based
-        "rl/epoch": (update_idx + 1) / per_epoch,  # passes over the start states (fractional)
-        "rl/reward_mean": sum(r.reward for r in flat) / len(flat),  # mean reward over the update's episodes
-        "rl/share_correct": share(lambda r: r.correct),  # episodes whose final answer is correct (reward 1)
-        "rl/share_unfinished": share(lambda r: not r.finished),  # episodes that never called final_answer
-        # episodes not correct (answered or unfinished), by the verdict on a_k (a key of KEY_STEP_REWARDS)
-        **{f"rl/share_key_{v}": share(lambda r, v=v: r.key_step == v) for v in KEY_STEP_REWARDS},
-        "rl/groups": len(batch),  # start states in this update
-        "rl/skipped_groups": sum(a is None for a in advantages),  # all rewards equal: no signal, not trained on
-        # root mean square of the advantages trained on (= their std: every group's advantages sum to 0)
-        "rl/advantage_std": math.sqrt(sum(a * a for a in used_advantages) / max(1, len(used_advantages))),
-        "rl/generated_tokens": len(sampled),  # tokens sampled in all continuations, skipped groups included
-        "rl/entropy": -sum(sampled) / max(1, len(sampled)),  # mean -log pi of the sampled tokens: an entropy estimate
-        "rl/supervised_tokens": num_tokens,  # N, the loss normaliser
-        "rl/loss": sums["loss"] if stepped else None,  # L of the update
-        "rl/grad_norm": grad_norm,  # global gradient norm before clipping
-        # mean |log pi at sampling - log pi in training|: ~0 on-policy
-        "rl/logprob_gap": sums["logprob_gap"] / num_tokens if stepped else None,
-        "rl/lr": config.lr,  # learning rate (constant)
-        "rl/rollout_s": timings["rollout_s"],  # wall time of sampling and running the episodes
-        "rl/reward_s": timings["reward_s"],  # wall time of rewards, advantages and rendering the rows
-        "rl/update_s": timings["update_s"],  # wall time of forward, backward and step
-        # the rows' tokens / update_s
-        "rl/update_tok_per_s": sum(len(r.ids) for r in rows) / timings["update_s"] if stepped else None,
-    }
-    if config.kl_coef > 0:
-        record["rl/kl"] = sums["kl"] / num_tokens if stepped else None  # mean k3 estimate of KL(pi || pi_ref) per token
-    return record
-
-
-def human_line(record: dict, num_updates: int) -> str:
-    def number(key: str, spec: str) -> str:
-        return "-" if record.get(key) is None else format(record[key], spec)
-    return (f"rl update {record['rl/update']}/{num_updates} reward {record['rl/reward_mean']:.3f} "
-            f"(correct {record['rl/share_correct']:.0%}, key step = teacher {record['rl/share_key_teacher']:.0%}) "
-            f"skipped {record['rl/skipped_groups']}/{record['rl/groups']} loss {number('rl/loss', '.4f')} "
-            f"grad {number('rl/grad_norm', '.2f')}" + (f" kl {number('rl/kl', '.4f')}" if "rl/kl" in record else "")
-            + f" tokens {record['rl/supervised_tokens']}/{record['rl/generated_tokens']} rollout "
-            f"{record['rl/rollout_s']:.1f}s reward {record['rl/reward_s']:.1f}s update {record['rl/update_s']:.1f}s")
-
-
-def sample_record(update: int, start: StartState, group: Sequence[Trajectory], rewards: Sequence[Reward],
-                  advantages: Sequence[float] | None) -> dict:
-    """One group's continuations with their rewards, for samples/ (read by people, not by code)."""
-    return {"update": update, "task_id": start.task.id, "question": start.task.question, "k": start.k,
-            "source": start.source, "reference_answer": start.task.answer,
-            "teacher_step": start.teacher_step.content if start.teacher_step else None,
-            "wrong_step": start.wrong_step.content if start.wrong_step else None,
-            "continuations": [{**dataclasses.asdict(r), "advantage": None if advantages is None else advantages[i],
-                               "final_answer": t.final_answer, "end_reason": t.end_reason,
-                               "steps": [{"index": s.index, "content": s.content, "observation": s.observation}
-                                         for s in t.steps[start.k - 1:]]}
-                              for i, (t, r) in enumerate(zip(group, rewards))]}
-
-
-def step_from_dict(record: dict) -> Step:
-    return Step(**{f.name: record[f.name] for f in dataclasses.fields(Step) if f.name in record})
-
-
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: data parallel over the processes of `accelerate launch` (deviation 7)
-
-
-class Processes:
-    """The processes sharing each RL update. Alone (no launcher), every method is the identity.
-
-    Under `accelerate launch --num_processes N` / torchrun, process r samples start states r, r + N, ...
-    of each update (their rollout seeds depend on the start state, not on r, so the episodes are those
-    one process would sample), N sums the supervised tokens of all processes, and the gradients are
-    summed: each process's loss terms are already divided by the global N, so the sum is dL."""
-
-    def __init__(self, student: Student):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.main = self.rank == 0
-        if self.world > 1:
-            from accelerate import PartialState
-            state = PartialState(cpu=student.device.type == "cpu")  # sets up the process group (gloo on CPU)
-            if student.device.type == "cuda" and student.device != state.device:  # one GPU per process
-                student.model.to(state.device)
-                student.device = state.device
-
-    def shard(self, items: list) -> list:
-        return items[self.rank::self.world]
-
-    def sum(self, number: int) -> int:
-        if self.world == 1:
-            return number
-        total = torch.tensor([number], dtype=torch.float64)
-        torch.distributed.all_reduce(total)
-        return int(total.item())
-
-    def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        if self.world == 1:
-            return
-        for p in params:  # a process with no rows still joins, with zeros
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad)
-
-    def gather(self, batch, groups, rewards, advantages, rows, sums):
-        """Every process's share of the update, back in the order of one process, for the metrics."""
-        if self.world == 1:
-            return batch, groups, rewards, advantages, rows, sums
-        pieces = [None] * self.world
-        torch.distributed.all_gather_object(pieces, (batch, groups, rewards, advantages, rows, sums))
-        longest = max(len(p[0]) for p in pieces)  # start i of process j was start i * N + j of the update
-        merged = [[p[field][i] for i in range(longest) for p in pieces if i < len(p[field])] for field in range(4)]
-        all_sums = Counter()
-        for p in pieces:
-            all_sums.update(p[5])  # update adds (a loss may be negative; Counter's + would drop it)
-        return (*merged, [row for p in pieces for row in p[4]], all_sums)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: step signatures, what same_signature compares
-
-
-# A number as Python prints it, not glued to a word or another number ("x1", "1.2.3" are left alone).
-NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-# The line the sandbox appends when a step raises: "Error: <Type>: <message> (at line ...)".
-ERROR_LINE = re.compile(r"^Error: ([A-Za-z_][\w.]*)", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What a step did, from its stored record: enough to compare two steps run from the same state."""
-    error_type: str | None  # exception type, e.g. "ZeroDivisionError"; None when the step ran cleanly
-    output: str  # normalise_output of what it printed (the error line excluded)
-    answer: str | None  # the argument of final_answer, when it called it
-
-    def empty(self) -> bool:
-        return self.error_type is None and not self.output and self.answer is None
-
-
-def step_signature(step: Step) -> Signature:
-    text, error_type = step.observation, None
-    errors = list(ERROR_LINE.finditer(text)) if step.error else []
-    if errors:  # the sandbox's error line is the last "Error: ..." line; what precedes it was printed
-        error_type, text = errors[-1].group(1), text[:errors[-1].start()]
-    elif step.error:
-        error_type = "Error"  # an error without the sandbox's line (a parse error is judged before this)
-    return Signature(error_type, normalise_output(text), step.final_answer)
-
-
-def normalise_output(text: str) -> str:
-    """The one normalisation of printed output before two steps are compared.
-
-    Numbers are rewritten one way: thousands commas dropped, integral values without decimals
-    ("378.0" -> "378"), others to 10 significant digits (so 0.1 + 0.2 prints like 0.3). Then every
-    run of whitespace becomes one space and the ends are stripped."""
-    return " ".join(NUMBER.sub(_canonical_number, text).split())
-
-
-def _canonical_number(match: re.Match) -> str:
-    value = Fraction(match.group().replace(",", ""))  # exact: "378.0" is 378, "1e+16" an integer
-    return str(value.numerator) if value.denominator == 1 else format(float(value), ".10g")
-
-
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: a standalone command line (score.py normally calls train_rl)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from environment.tasks import load_tasks
-    from runs import read_jsonl
-    from sft import add_config_flags, config_from_flags
-    from student import load_student
-    parser = argparse.ArgumentParser(description="SCoRe-RL: prefix-restart REINFORCE from key-step records.")
-    parser.add_argument("--keysteps", required=True, help="keysteps.jsonl written by the MPS phase")
-    parser.add_argument("--episodes", default=None, help="mps.jsonl, for question-only starts (optional)")
-    parser.add_argument("--tasks", default="arith,lookup", help="task sets the records come from (train split)")
-    parser.add_argument("--task-seed", type=int, default=0, help="seed the task sets were generated with")
-    parser.add_argument("--student", default="smol-135m", help="a preset, hub id, local dir or checkpoint")
-    parser.add_argument("--teacher", default="reference", help="teacher for --key-step-judge teacher")
-    parser.add_argument("--out", required=True, help="output directory (resumable; the final model in HF format)")
-    parser.add_argument("--max-steps", type=int, default=RolloutConfig.max_steps, help="H, steps per episode")
-    parser.add_argument("--max-new-tokens", type=int, default=RolloutConfig.max_new_tokens)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    add_config_flags(parser, RLConfig)  # --help from the config: each field's comment and default
-    args = parser.parse_args(argv)
-    config = config_from_flags(args, RLConfig)
-    tasks = {t.id: t for name in args.tasks.split(",") for t in load_tasks(name.strip(), "train", None, args.task_seed)}
-    teacher = None
-    if config.key_step_judge == "teacher":
-        from teacher import make_teacher
-        teacher = make_teacher(args.teacher, list(tasks.values()))
-    student = load_student(args.student, device=args.device, threads=args.threads)
-    out = Path(args.out)
-    summary = train_rl(student, read_jsonl(Path(args.keysteps)), tasks, config, out, out / "metrics.jsonl",
-                       out / "samples", episodes=read_jsonl(Path(args.episodes)) if args.episodes else None,
-                       teacher=teacher, rollout_config=RolloutConfig(max_steps=args.max_steps,
-                                                                     max_new_tokens=args.max_new_tokens))
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python rl.py --help: the standalone command line, training.rl_main
+    from training import rl_main
+    raise SystemExit(rl_main())

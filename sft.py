@@ -9,8 +9,9 @@ tokens. System, task and observation tokens are context only.
 The loop is written out: zero_grad -> forward -> loss -> backward -> clip -> step, with AdamW, a
 cosine schedule with linear warmup, gradient accumulation and clipping. `accelerate.Accelerator`
 only places tensors and, under `accelerate launch`, averages gradients across GPUs (DDP). The
-log-probs come from `student.masked_token_logprobs`, the function RL's loss uses too, and the
-resume / metrics / final-save bookkeeping from `runs.TrainingRun`, which RL shares.
+log-probs come from `student.masked_token_logprobs`, the function RL's loss uses too, the resume /
+metrics / final-save bookkeeping from `runs.TrainingRun`, and the model's preparation (LoRA or full
+fine-tuning) and the command line from `training`: the plumbing RL shares.
 
 Deviations from the paper (and from common SFT recipes), each with its reason:
 1. Learning rate and epochs: the paper fine-tunes a 7B model fully at lr 7e-6 for 3 epochs. The CPU
@@ -39,14 +40,10 @@ Run it (the CLI normally calls `train_sft` for `python score.py bc` and `python 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import inspect
-import json
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +53,7 @@ import torch
 
 from agent import Trajectory, derive_seed, render_ids
 from runs import TrainingRun, git_commit, make_console
-from student import masked_token_logprobs
+from training import RowLogprobs, cast_parameters, prepare_model
 
 
 @dataclass(frozen=True)
@@ -371,117 +368,6 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     return summary
 
 
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: the model to train (shared with rl.py), and the forward as a module for accelerate
-
-
-def prepare_model(student, config, fresh_adapter: bool = False) -> bool:
-    """LoRA or full fine-tuning, for SFT and RL alike (config: an SFTConfig or an RLConfig; METHOD.md
-    phase 2). Returns True when training a LoRA adapter.
-
-    LoRA: config.lora, or by default for a LoRA checkpoint or a student of 1B parameters and more.
-    An adapter the student already has goes on training; a fresh one (seeded) is attached otherwise.
-    fresh_adapter (RL, its deviation 4) first merges an adapter the student has into its weights,
-    so that "adapter disabled" is exactly the policy RL starts from. Full fine-tuning trains every
-    weight in fp32: AdamW steps on bf16 weights would lose small updates (SFT casts back at the end,
-    RL keeps fp32). Gradient checkpointing (recompute activations in backward) if the config says so.
-    """
-    forget_gguf_origin(student.model)
-    given_lora = hasattr(student.model, "peft_config")
-    if given_lora and fresh_adapter:
-        student.model = student.model.merge_and_unload()
-    num_params = sum(p.numel() for p in student.causal_lm().parameters())
-    use_lora = config.lora if config.lora is not None else (given_lora or num_params >= 1e9)
-    has_lora = hasattr(student.model, "peft_config")
-    if has_lora and not use_lora:
-        raise ValueError("this student is a LoRA checkpoint; full fine-tuning needs merged weights")
-    if use_lora and not has_lora:
-        torch.manual_seed(config.seed)  # the fresh adapter's A matrices are random; B starts at 0
-        student.attach_lora(rank=config.lora_rank, alpha=config.lora_alpha)
-    if not use_lora:
-        cast_parameters(student.model, torch.float32)
-        student.model.requires_grad_(True)
-    if config.gradient_checkpointing:
-        student.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return use_lora
-
-
-def forget_gguf_origin(model) -> None:
-    """The offline student is converted from GGUF (student.convert_gguf); it holds ordinary float
-    tensors, but its config still names the GGUF quantizer, and transformers' save_pretrained
-    refuses to save a "quantized" model. Nothing is quantized, so the stale marker is dropped."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    quant = getattr(core.config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if str(getattr(method, "value", method)) == "gguf":
-        core.hf_quantizer, core.is_quantized = None, False
-        del core.config.quantization_config
-
-
-def cast_parameters(model, dtype: torch.dtype) -> None:
-    """Cast the weights only. `model.to(dtype)` would also cast buffers such as RoPE's inv_freq,
-    which transformers keeps in fp32: a bf16 round trip would leave the model slightly different."""
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
-
-
-class RowLogprobs(torch.nn.Module):
-    """The SFT forward as a module: log pi of a packed row's supervised tokens (masked_token_logprobs).
-
-    accelerate wraps the module it prepares (DDP under `accelerate launch`), and DDP synchronises
-    the gradients of what runs inside that module's forward, so the forward it wraps must be the
-    whole of it: decoder and head. It holds the model; it copies nothing."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_token_logprobs(self.model, ids, mask, attention_mask=None, position_ids=positions)  # (N,)
-
-
-# ----------------------------------------------------------------------------------------------
-# PLUMBING: a standalone command line (score.py normally calls train_sft), its flags from the config
-
-
-def main(argv: list[str] | None = None) -> int:
-    from runs import read_jsonl
-    from student import load_student
-    parser = argparse.ArgumentParser(description="Hand-written SFT on agent trajectories (one JSON record per line).")
-    parser.add_argument("--trajectories", required=True, help="a JSONL file of Trajectory records")
-    parser.add_argument("--student", default="smol-135m", help="a preset, hub id, local dir or checkpoint")
-    parser.add_argument("--out", required=True, help="output directory (resumable; the final model in HF format)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    add_config_flags(parser, SFTConfig)
-    args = parser.parse_args(argv)
-    config = config_from_flags(args, SFTConfig)
-    trajectories = [Trajectory.from_dict(r) for r in read_jsonl(Path(args.trajectories))]
-    student = load_student(args.student, device=args.device, threads=args.threads)
-    out = Path(args.out)
-    print(json.dumps(train_sft(student, trajectories, config, out, out / "metrics.jsonl"), indent=2))
-    return 0
-
-
-def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One --flag per field of a config dataclass (rl.py's main uses it too); its help is the field's
-    one-line comment in the class's source, and its default."""
-    comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE))
-    for f in dataclasses.fields(config_class):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"))
-
-
-def config_from_flags(args: argparse.Namespace, config_class):
-    """The config with the fields given as flags; booleans are "true" / "false", lora also "auto" (None)."""
-    def parse(f: dataclasses.Field, value: str):
-        if f.name == "lora":
-            return {"auto": None, "true": True, "false": False}[value.lower()]
-        return value.lower() == "true" if str(f.type) == "bool" else value
-    return config_class(**{f.name: parse(f, getattr(args, f.name)) for f in dataclasses.fields(config_class)
-                           if getattr(args, f.name) is not None})
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python sft.py --help: the standalone command line, training.sft_main
+    from training import sft_main
+    raise SystemExit(sft_main())

@@ -334,7 +334,7 @@ class Student:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._kept: dict[str, _Kept] = {}  # episode key -> keys/values kept between turns (see sample)
         # Compute dtype of every forward pass over fp32 weights (sampling and training alike), or None:
-        # the weights' own dtype. RL sets bf16 on CPUs with native bf16 (rl.prepare_policy).
+        # the weights' own dtype. RL sets bf16 on CPUs with native bf16 (training.prepare_policy).
         self.autocast_dtype: torch.dtype | None = None
 
     def compute(self):

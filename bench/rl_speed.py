@@ -42,9 +42,10 @@ import torch  # noqa: E402
 
 from agent import RolloutConfig, Step, format_step, replay_codes, run_step  # noqa: E402
 from environment.tasks import load_tasks  # noqa: E402
-from rl import (RLConfig, autocast_dtype, build_row, group_advantages, group_rewards, micro_batch_loss,  # noqa: E402
-                micro_batches, prepare_policy, rollout_groups, select_start_states)
+from rl import (RLConfig, build_row, group_advantages, group_rewards, micro_batch_loss, rollout_groups,  # noqa: E402
+                select_start_states)
 from tools import Sandbox  # noqa: E402
+from training import autocast_dtype, micro_batches, prepare_policy  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 

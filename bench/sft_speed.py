@@ -146,7 +146,7 @@ def worker_trl(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(data["model_path"])
     tokenizer.chat_template = MARKED_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(data["model_path"], dtype=torch.float32)
-    from sft import forget_gguf_origin  # the converted model's stale GGUF marker blocks Trainer too
+    from training import forget_gguf_origin  # the converted model's stale GGUF marker blocks Trainer too
     forget_gguf_origin(model)
     dataset = Dataset.from_list([{"messages": m} for m in data["messages"]])
     layout = {"padding": dict(per_device_train_batch_size=2),

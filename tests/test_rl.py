@@ -15,10 +15,11 @@ from environment.tasks import RefStep, Task
 from conftest import make_tiny_student
 import rl
 from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, group_advantages, group_rewards,
-                micro_batch_loss, micro_batches, normalise_output, pad_left, prepare_policy, rollout_groups,
-                same_signature, select_start_states, step_limit, train_rl)
+                micro_batch_loss, normalise_output, rollout_groups, same_signature, select_start_states, step_limit,
+                train_rl)
 from student import Sample, ScriptedStudent, Student, masked_token_logprobs, token_logprobs
 from tools import ToolResult
+from training import micro_batches, pad_left, prepare_policy
 
 TASK = Task(id="toy-0", task_set="toy", question="What is 6 times 7?", answer="42", grader="numeric",
             solution=(RefStep("multiply"),))
