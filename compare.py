@@ -384,9 +384,16 @@ def read_results(sources: list[Path]) -> list[dict]:
     if not lines:
         raise ConfigError(f"--from {', '.join(map(str, sources))}: no results lines (results/seed-<seed>.jsonl "
                           "files of a comparison)")
-    hashes = sorted({line["compare"] for line in lines})
-    if len(hashes) > 1:
-        raise ConfigError(f"--from mixes results of different comparisons ({', '.join(hashes)}): give one's files")
+    # One comparison: the same shared options. An option a line's code did not have yet had its default
+    # there, so results written before an option was added still pool with later seeds.
+    defaults = shared_options(Config())
+    first = dict(defaults, **lines[0].get("options", {}))
+    for line in lines[1:]:
+        options = dict(defaults, **line.get("options", {}))
+        differ = sorted(k for k in first if first[k] != options.get(k))
+        if differ:
+            raise ConfigError(f"--from mixes results of different comparisons ({lines[0]['compare']}, "
+                              f"{line['compare']}: {', '.join(differ)} differ): give one's files")
     return lines
 
 

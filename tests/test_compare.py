@@ -281,3 +281,18 @@ def test_a_remedy_branches_from_another_comparison(tiny_dir, tmp_path, monkeypat
 def test_branch_from_must_be_a_comparison(tmp_path, capsys):
     assert score.main(["compare", "--branch-from", str(tmp_path / "none"), "--runs-dir", str(tmp_path)]) == 2
     assert "no comparison there (no compare.json)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_results_pool_across_an_added_option_but_not_across_a_changed_one(tmp_path):
+    """Seeds pool when their shared options agree; an option missing from an older line counts as its
+    default (results written before it existed), and a real difference is refused in one line."""
+    def write(name, **options):
+        line = {"compare": name, "seed": len(list(tmp_path.glob("*.jsonl"))), "arm": "imitation",
+                "options": {"n": 20, "teacher_knowledge": 0.25, **options}}
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(line) + "\n")
+    write("old")  # before --mps-tasks existed
+    write("new", mps_tasks="rest")
+    assert len(compare.read_results([tmp_path])) == 2
+    write("other", mps_tasks="all")
+    with pytest.raises(compare.ConfigError, match="mps_tasks differ"):
+        compare.read_results([tmp_path])
