@@ -275,7 +275,10 @@ def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]
     mine = dataclasses.asdict(config)
     # A field the source's code did not have yet had its default there.
     default = {f.name: f.default for f in dataclasses.fields(Config)}
-    changed = [k for k in mine if k not in OPERATIONAL | {"init_from"} and saved.get(k, default[k]) != mine[k]]
+    ignored = OPERATIONAL | {"init_from"}
+    if mine["method"] == saved.get("method") == "imitation":
+        ignored |= {"bc_fraction"}  # imitation trains on every training task, whatever the BC share
+    changed = [k for k in mine if k not in ignored and saved.get(k, default[k]) != mine[k]]
     first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
     return list(PHASES[:first]), changed
 

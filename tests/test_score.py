@@ -346,3 +346,15 @@ def test_mps_on_every_task_splits_them_by_their_own_hash():
     assert {mps_split(every, t.id) for t in in_bc} == {"sft", "rl"}  # the BC share lands in both halves
     rows = {phase: what for phase, what, _ in budget(every)}
     assert rows["mps"].startswith(f"{len(tasks)} tasks") and f"teacher solves {len(tasks)} tasks" in rows["bc"]
+
+
+def test_imitation_reuses_bc_whatever_the_bc_share(tmp_path):
+    """--bc-fraction only splits SCoRe's tasks: an imitation run trains on all of them, so a branch
+    that changes only the share copies its BC instead of training it again."""
+    source = tmp_path / "source"
+    source.mkdir()
+    saved = dataclasses.asdict(parse_args(["--method", "imitation", "--bc-fraction", "0.5"]))
+    (source / "config.json").write_text(json.dumps(saved))
+    assert reusable_phases(parse_args(["--method", "imitation", "--bc-fraction", "0.8"]), source)[0] == \
+        ["eval", "bc", "mps", "sft", "rl"]
+    assert reusable_phases(parse_args(["--bc-fraction", "0.8"]), source)[0] == ["eval"]  # SCoRe: BC changes
