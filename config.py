@@ -108,6 +108,9 @@ class Config:
                                  "of them, the BC share too, split 50/50 into SFT and RL by another hash (a remedy "
                                  "measured in bench/RESULTS.md; with --bc-fraction 1 it is SCoRe after full imitation)",
                          "mps", ("rest", "all"))
+    mps_split: str = arg("hash", "how MPS's tasks split into SFT and RL: by each task's own hash (the paper's random "
+                                 "split), or per-set: alternating within each task set in hash order, so each half "
+                                 "holds each set's share to one task", "mps", ("hash", "per-set"))
     teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
                                       "task's reference solution", "mps", ("answer", "solution"))
 
@@ -238,13 +241,24 @@ def load_tasks_for(config: Config, split: str) -> list:
             for t in load_tasks(name.strip(), split, n, config.seed, split_jsonl=config.split_jsonl)]
 
 
-def mps_split(config: Config, task_id: str) -> str:
-    """A training task's split for MPS: bc (MPS does not roll it out), sft or rl (mps.assign_split). With
-    --mps-tasks all every task is rolled out, split by its own hash so that SFT and RL are not the BC share."""
-    from mps import assign_split
+def mps_splits(config: Config, tasks) -> dict[str, str]:
+    """Each training task's split: bc (MPS does not roll it out), sft or rl. --mps-tasks rest: the hash of
+    mps.assign_split; all: every task is rolled out, split by a hash of its own so that SFT and RL are not
+    the BC share. --mps-split per-set keeps which tasks MPS rolls out but deals them to SFT and RL in
+    turn within each task set, in hash order: a random 50/50 split of 20 tasks can put 16 of one set and
+    5 of the other in one half (bench/RESULTS.md, remedy 1), and then SFT teaches one set only."""
+    from mps import assign_split, unit_hash
     if config.mps_tasks == "all":
-        return assign_split(task_id + "|mps", config.seed, 0.0)
-    return assign_split(task_id, config.seed, config.bc_fraction)
+        splits = {t.id: assign_split(t.id + "|mps", config.seed, 0.0) for t in tasks}
+    else:
+        splits = {t.id: assign_split(t.id, config.seed, config.bc_fraction) for t in tasks}
+    if config.mps_split == "per-set":
+        for name in dict.fromkeys(t.task_set for t in tasks):
+            rolled = [t for t in tasks if t.task_set == name and splits[t.id] != "bc"]
+            rolled.sort(key=lambda t: unit_hash(f"{t.id}|{config.seed}|per-set"))
+            for i, t in enumerate(rolled):
+                splits[t.id] = "sft" if i % 2 == 0 else "rl"
+    return splits
 
 
 def rollout_dtype(config: Config) -> str:
@@ -568,7 +582,7 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     # at a small --n the two differ by several tasks, and a half can be empty.
     train = load_tasks_for(config, "train")
     bc = sum(config.method == "imitation" or assign_split(t.id, config.seed, config.bc_fraction) == "bc" for t in train)
-    halves = Counter(mps_split(config, t.id) for t in train) if config.method == "score" else Counter()
+    halves = Counter(mps_splits(config, train).values()) if config.method == "score" else Counter()
     sft_half, rl_half = halves["sft"], halves["rl"]
     mps = sft_half + rl_half
     sft = round(sft_half * SFT_RECORDS_PER_TASK)

@@ -58,10 +58,14 @@ class MPSConfig:
 # The split (METHOD.md, Split)
 
 
+def unit_hash(text: str) -> float:
+    """A number in [0, 1) fixed by the text: the same on every machine and run (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") / 2 ** 64
+
+
 def assign_split(task_id: str, seed: int, bc_fraction: float) -> str:
     """Deterministic by a hash of (task id, seed): first the BC share, then the rest 50/50 into SFT and RL."""
-    digest = hashlib.sha256(f"{task_id}|{seed}".encode()).digest()
-    u = int.from_bytes(digest[:8], "little") / 2 ** 64  # uniform in [0, 1)
+    u = unit_hash(f"{task_id}|{seed}")  # uniform in [0, 1)
     if u < bc_fraction:
         return "bc"
     return "sft" if (u - bc_fraction) / (1 - bc_fraction) < 0.5 else "rl"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
 from config import (OPERATIONAL, Config, check_gpu_plan, check_memory, check_resources, command_for,
-                    hardware, init_from, init_source, load_tasks_for, mps_split, parse_args, print_budget, reusable_phases,
+                    hardware, init_from, init_source, load_tasks_for, mps_splits, parse_args, print_budget, reusable_phases,
                     rollout_dtype, run_name, section, sft_config, world_size)
 from mps import MPSConfig
 from rl import RL_PRESETS
@@ -295,7 +295,7 @@ def phase_mps(config: Config, run_dir: Path, console) -> None:
     from runs import append_jsonl, mark_phase_done, read_jsonl, write_json_atomic
     from student import load_student
     tasks = load_tasks_for(config, "train")
-    splits = {t.id: mps_split(config, t.id) for t in tasks}
+    splits = mps_splits(config, tasks)
     share = [t for t in tasks if splits[t.id] in ("sft", "rl")]
     path = run_dir / "mps.jsonl"
     done = {r["task_id"] for r in read_jsonl(path)}

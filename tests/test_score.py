@@ -334,18 +334,37 @@ def test_sandbox_option_reaches_every_episode_sandbox():
 def test_mps_on_every_task_splits_them_by_their_own_hash():
     """--mps-tasks all: MPS rolls out the BC share too, split 50/50 into SFT and RL by a hash of its
     own, so neither half is the BC share; with --bc-fraction 1 it is SCoRe after full imitation."""
-    from config import load_tasks_for, mps_split
+    from config import load_tasks_for, mps_splits
     from mps import assign_split
     rest = parse_args(["--n", "40"])
     every = parse_args(["--n", "40", "--mps-tasks", "all", "--bc-fraction", "1"])
     tasks = load_tasks_for(rest, "train")
-    assert all(mps_split(rest, t.id) == assign_split(t.id, rest.seed, rest.bc_fraction) for t in tasks)  # unchanged
-    splits = collections.Counter(mps_split(every, t.id) for t in tasks)
-    assert set(splits) == {"sft", "rl"} and min(splits.values()) >= 0.3 * len(tasks)
+    assert mps_splits(rest, tasks) == {t.id: assign_split(t.id, rest.seed, rest.bc_fraction) for t in tasks}
+    splits = mps_splits(every, tasks)
+    halves = collections.Counter(splits.values())
+    assert set(halves) == {"sft", "rl"} and min(halves.values()) >= 0.3 * len(tasks)
     in_bc = [t for t in tasks if assign_split(t.id, rest.seed, rest.bc_fraction) == "bc"]
-    assert {mps_split(every, t.id) for t in in_bc} == {"sft", "rl"}  # the BC share lands in both halves
+    assert {splits[t.id] for t in in_bc} == {"sft", "rl"}  # the BC share lands in both halves
     rows = {phase: what for phase, what, _ in budget(every)}
     assert rows["mps"].startswith(f"{len(tasks)} tasks") and f"teacher solves {len(tasks)} tasks" in rows["bc"]
+
+
+@pytest.mark.parametrize("tasks_flag", [["--mps-tasks", "all", "--bc-fraction", "1"], []])
+def test_per_set_split_gives_each_half_each_sets_share(tasks_flag):
+    """--mps-split per-set rolls out the same tasks as the hash split, but each half holds each task
+    set's share to one task; the hash split of seed 1 is far from that (11 arith / 5 lookup in SFT)."""
+    from config import load_tasks_for, mps_splits
+    hashed = parse_args(["--n", "20", "--seed", "1", *tasks_flag])
+    per_set = parse_args(["--n", "20", "--seed", "1", "--mps-split", "per-set", *tasks_flag])
+    tasks = load_tasks_for(hashed, "train")
+    by_hash, by_set = mps_splits(hashed, tasks), mps_splits(per_set, tasks)
+    assert {i for i, s in by_hash.items() if s == "bc"} == {i for i, s in by_set.items() if s == "bc"}
+    count = lambda splits, name, half: sum(splits[t.id] == half for t in tasks if t.task_set == name)
+    for name in ("arith", "lookup"):
+        assert abs(count(by_set, name, "sft") - count(by_set, name, "rl")) <= 1
+    assert by_set == mps_splits(per_set, list(reversed(tasks)))  # the order tasks come in does not matter
+    if tasks_flag:
+        assert (count(by_hash, "arith", "sft"), count(by_hash, "lookup", "sft")) == (11, 5)
 
 
 def test_imitation_reuses_bc_whatever_the_bc_share(tmp_path):
