@@ -292,8 +292,15 @@ def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]
     ignored = OPERATIONAL | {"init_from"}
     if mine["method"] == saved.get("method") == "imitation":
         ignored |= {"bc_fraction"}  # imitation trains on every training task, whatever the BC share
+    # BC on every training task is one phase whoever runs it: imitation and SCoRe with --bc-fraction 1
+    # train on the same trajectories, and first differ in MPS.
+    first_phase = dict(FIRST_PHASE_OF)
+    every = lambda c: c.get("method", default["method"]) == "imitation" or c.get("bc_fraction",
+                                                                                  default["bc_fraction"]) == 1
+    if every(mine) and every(saved):
+        first_phase |= {"method": "mps", "bc_fraction": "mps"}
     changed = [k for k in mine if k not in ignored and saved.get(k, default[k]) != mine[k]]
-    first = min((PHASES.index(FIRST_PHASE_OF.get(k, "eval")) for k in changed), default=len(PHASES))
+    first = min((PHASES.index(first_phase.get(k, "eval")) for k in changed), default=len(PHASES))
     return list(PHASES[:first]), changed
 
 

@@ -377,3 +377,9 @@ def test_imitation_reuses_bc_whatever_the_bc_share(tmp_path):
     assert reusable_phases(parse_args(["--method", "imitation", "--bc-fraction", "0.8"]), source)[0] == \
         ["eval", "bc", "mps", "sft", "rl"]
     assert reusable_phases(parse_args(["--bc-fraction", "0.8"]), source)[0] == ["eval"]  # SCoRe: BC changes
+    # SCoRe with --bc-fraction 1 trains BC on every task too: the same BC as imitation's, both ways.
+    full = parse_args(["--bc-fraction", "1", "--mps-tasks", "all"])
+    assert reusable_phases(full, source)[0] == ["eval", "bc"]
+    (source / "config.json").write_text(json.dumps(dataclasses.asdict(full)))
+    assert reusable_phases(parse_args(["--method", "imitation"]), source)[0] == ["eval", "bc"]
+    assert reusable_phases(parse_args(["--method", "imitation", "--bc-lr", "1e-4"]), source)[0] == ["eval"]
