@@ -132,6 +132,10 @@ class Config:
     advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)", "rl",
                          ("mean", "grpo", "rloo"))
     kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)", "rl")
+    rl_autocast: str = arg(RLConfig.autocast, "RL's forward passes (rollouts and update) in bf16 over fp32 weights: "
+                                              "auto (where the CPU or GPU has native bf16), bfloat16, or off "
+                                              "(bench/RESULTS.md: faster, but a larger rl/logprob_gap)", "rl",
+                           ("off", "auto", "bfloat16"), to="autocast")
     rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)", "rl",
                         ("prefix", "question"))
     reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)", "rl",

@@ -383,3 +383,15 @@ def test_imitation_reuses_bc_whatever_the_bc_share(tmp_path):
     (source / "config.json").write_text(json.dumps(dataclasses.asdict(full)))
     assert reusable_phases(parse_args(["--method", "imitation"]), source)[0] == ["eval", "bc"]
     assert reusable_phases(parse_args(["--method", "imitation", "--bc-lr", "1e-4"]), source)[0] == ["eval"]
+
+
+def test_rl_autocast_reaches_the_rl_phase_and_is_checked():
+    """--rl-autocast is RLConfig.autocast in phase 3 (off by default: the standing on-policy gap); an
+    unknown value ends in one line before any work."""
+    from config import check_config, section
+    from rl import RLConfig
+    from runs import ConfigError
+    assert section(parse_args([]), "rl", RLConfig()).autocast == "off"
+    assert section(parse_args(["--rl-autocast", "auto"]), "rl", RLConfig()).autocast == "auto"
+    with pytest.raises(ConfigError, match="unknown --rl-autocast 'fp8': use off, auto, bfloat16"):
+        check_config(parse_args(["--rl-autocast", "fp8"]))
