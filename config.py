@@ -111,6 +111,9 @@ class Config:
     mps_split: str = arg("hash", "how MPS's tasks split into SFT and RL: by each task's own hash (the paper's random "
                                  "split), or per-set: alternating within each task set in hash order, so each half "
                                  "holds each set's share to one task", "mps", ("hash", "per-set"))
+    repeats_are_errors: bool = arg(False, "the reference teacher also calls an action that repeats an earlier "
+                                          "action's code verbatim a critical error (a remedy measured in "
+                                          "bench/RESULTS.md: without it SCoRe-SFT trains on looping searches)", "mps")
     teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
                                       "task's reference solution", "mps", ("answer", "solution"))
 
@@ -411,6 +414,9 @@ def check_config(config: Config) -> None:
     if config.teacher_knowledge and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--teacher-knowledge is the reference teacher's privileged knowledge; an LLM teacher "
                           "knows what it knows: leave it at 0 with --teacher " + (config.teacher_url or config.teacher))
+    if config.repeats_are_errors and (config.teacher != "reference" or config.teacher_url):
+        raise ConfigError("--repeats-are-errors is a rule of the reference teacher; an LLM teacher judges repeats "
+                          "by its own reading: drop it with --teacher " + (config.teacher_url or config.teacher))
     if world_size() > 1 and "mps" in phases:
         raise ConfigError("mps runs in one process (one teacher, batched rollouts on one device; METHOD.md, "
                           "deviations): run it with plain python, and bc, sft and rl under accelerate launch")

@@ -101,7 +101,8 @@ def open_teacher(config: Config, run_dir: Path, tasks: list, console):
                       "(--teacher-knowledge): it states them instead of searching or computing")
     teacher = make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
                            gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
-                           seed=config.seed, knowledge=config.teacher_knowledge)
+                           seed=config.seed, knowledge=config.teacher_knowledge,
+                           repeats_are_errors=config.repeats_are_errors)
     OPENED_TEACHERS.append(teacher)
     return teacher
 

@@ -24,6 +24,10 @@ Deviations from the paper, with reasons:
      stated fact counts as reached for the next correction. At P = 0 these two rules are off, so the
      plain oracle judges exactly as before. A stated number is not judged on its own (a student's
      `rate = 0.15` is no claim); a wrong one shows where it is printed or answered.
+  3. With `repeats_are_errors` (--repeats-are-errors, off by default) an action that repeats an
+     earlier action's code verbatim is a critical error. Without it a looping episode's repeats
+     pass as harmless searches, so SCoRe-SFT trains on them and the RL key step falls after them;
+     the paper's LLM teacher would name the first repeat (bench/RESULTS.md, remedy 4).
 """
 from __future__ import annotations
 
@@ -104,9 +108,22 @@ def wrong_statement(task, step: Step, seen: Sequence[str], entities: set[str]) -
     return None
 
 
-def first_error(task, steps: Sequence[Step], judge_stated: bool = False) -> tuple[int, str]:
+def repeated_step(step: Step, earlier: Sequence[Step]) -> str | None:
+    """METHOD (deviation 3, --repeats-are-errors): an action whose code is an earlier action's, verbatim,
+    shows nothing the student has not seen and spends a step of the budget; it is how a looping
+    episode starts (the same search four times, then the steps run out)."""
+    code = step.code.strip()
+    for before in earlier:
+        if code and before.kind == "action" and before.code.strip() == code:
+            return f"it repeats step {before.index}'s code, which can show nothing new"
+    return None
+
+
+def first_error(task, steps: Sequence[Step], judge_stated: bool = False,
+                judge_repeats: bool = False) -> tuple[int, str]:
     """(k, why) of the first step that breaks a rule; (0, ...) when none does. judge_stated: also
-    the rule for stated facts (wrong_statement), which a teacher with knowledge > 0 applies."""
+    the rule for stated facts (wrong_statement), which a teacher with knowledge > 0 applies;
+    judge_repeats: also the rule for repeated actions (repeated_step)."""
     allowed = None
     # The numbers a computation step may print: the task's own quantities (the question) and every
     # checkpoint of the reference path. Any other number is a value the reference never computes.
@@ -117,10 +134,12 @@ def first_error(task, steps: Sequence[Step], judge_stated: bool = False) -> tupl
     entities = {passage.split(": ", 1)[0].casefold() for passage in task.corpus or ()} \
         if judge_stated and allowed is None else set()
     seen = [task.question.casefold()]  # what the student had been shown before each step
-    for step in steps:
+    for position, step in enumerate(steps):
         problem = step_problem(task, step, allowed)
         if not problem and entities and step.kind == "action" and not step.parse_error:
             problem = wrong_statement(task, step, seen, entities)
+        if not problem and judge_repeats and step.kind == "action":
+            problem = repeated_step(step, steps[:position])
         if problem:
             return step.index, problem
         seen.append(step.observation.casefold())
@@ -202,9 +221,10 @@ class ReferenceTeacher(Teacher):
     name = "reference"
     is_oracle = True
 
-    def __init__(self, tasks: Sequence = (), seed: int = 0, knowledge: float = 0.0):
+    def __init__(self, tasks: Sequence = (), seed: int = 0, knowledge: float = 0.0, repeats_are_errors: bool = False):
         super().__init__(tasks, seed)
         self.knowledge = check_knowledge(knowledge)
+        self.repeats_are_errors = repeats_are_errors
 
     def knows(self, fact: str) -> bool:
         """METHOD: one rule for every step this teacher writes: the seeded hash of (fact, seed)."""
@@ -222,7 +242,8 @@ class ReferenceTeacher(Teacher):
             self.stats.failures += 1
             return None
         # A teacher that states facts itself (knowledge > 0) also judges the facts a student states.
-        k, why = first_error(task, trajectory.steps, judge_stated=self.knowledge > 0)
+        k, why = first_error(task, trajectory.steps, judge_stated=self.knowledge > 0,
+                             judge_repeats=self.repeats_are_errors)
         suggestion = ""  # the thought of the step it would write: for the records, the student never sees it
         if k:
             suggestion = knowing_plan(task.solution, self.knows).thought if k == 1 else knowing_step(

@@ -395,3 +395,12 @@ def test_rl_autocast_reaches_the_rl_phase_and_is_checked():
     assert section(parse_args(["--rl-autocast", "auto"]), "rl", RLConfig()).autocast == "auto"
     with pytest.raises(ConfigError, match="unknown --rl-autocast 'fp8': use off, auto, bfloat16"):
         check_config(parse_args(["--rl-autocast", "fp8"]))
+
+
+def test_repeats_are_errors_is_for_the_reference_teacher_only():
+    """--repeats-are-errors is a rule of the scripted teacher: with an LLM teacher it ends in one line."""
+    from config import check_config
+    from runs import ConfigError
+    check_config(parse_args(["--repeats-are-errors"]))
+    with pytest.raises(ConfigError, match="repeats-are-errors is a rule of the reference teacher"):
+        check_config(parse_args(["--repeats-are-errors", "--teacher", "smol-135m-q4"]))

@@ -367,7 +367,7 @@ def test_knowledge_solutions_reach_the_answer(knowledge):
         trajectory = teacher.solve(task, CONFIG, seed=0)
         assert trajectory.correct and trajectory.finished, (task.id, [s.code for s in trajectory.steps])
         assert not any(s.error for s in trajectory.steps)
-        assert first_error(task, trajectory.steps, judge_stated=True)[0] == 0
+        assert first_error(task, trajectory.steps, judge_stated=True, judge_repeats=True)[0] == 0
         assert teacher.verdict(trajectory, task.answer).first_error_step == 0
         assert len(trajectory.steps) <= len(task.solution)
         shorter += len(trajectory.steps) < len(task.solution)
@@ -397,6 +397,31 @@ def test_knowledge_judges_the_students_stated_facts(product):
     assert clean.correct and teacher.verdict(clean, product.answer).first_error_step == 0
     # The plain reference teacher (P = 0) keeps today's rules: the wrong statement is not judged.
     assert ReferenceTeacher([product]).verdict(wrong, product.answer).first_error_step == 3
+
+
+def test_repeats_are_errors_names_the_first_repeat(product):
+    """--repeats-are-errors: a looping episode (the founder searched three times, then the steps run
+    out) has its first error at the first repeat, and the correction is the next hop, not the repeat.
+    Without the rule the repeats pass as harmless searches and the episode has no first error at all
+    (MPS would tag it hard, and SCoRe-SFT never sees the loop fixed); a first search is no repeat, nor
+    is the same search with other code. If this broke, corrections would land after the loop or on
+    honest work."""
+    looping = episode(product, [ref(product, 1), ref(product, 2), ref(product, 2), ref(product, 2)])
+    assert not looping.finished
+    assert ReferenceTeacher([product]).verdict(looping, product.answer).first_error_step == 0
+    teacher = ReferenceTeacher([product], repeats_are_errors=True)
+    verdict = teacher.verdict(looping, product.answer)
+    assert verdict.first_error_step == 4 and "repeats step 3" in verdict.analysis
+    step = teacher.replacement_step(product, looping.steps[:3], looping.steps[3], verdict)
+    assert step.code == ReferenceTeacher([product]).replacement_step(product, looping.steps[:3], looping.steps[3],
+                                                                    verdict).code
+    assert step.code.strip() != looping.steps[2].code.strip() and "Vokel Breitail" in step.code
+    reworded = episode(product, [ref(product, 1), ref(product, 2), ref(product, 2).replace("print(", "print( ")])
+    assert teacher.verdict(reworded, product.answer).first_error_step == 0
+    clean = episode(product, [ref(product, 1), ref(product, 2), ref(product, 3), ref(product, 4)])
+    assert teacher.verdict(clean, product.answer).first_error_step == 0
+    with pytest.raises(TeacherError, match="repeats-are-errors"):
+        make_teacher("smol-135m-q4", [product], repeats_are_errors=True)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", None, True])
