@@ -241,8 +241,8 @@ class RecordingTeacher:
     arguments are recorded; knowledge None = not passed)."""
     made: list = []
 
-    def __init__(self, tasks=(), seed=0, knowledge=None):
-        RecordingTeacher.made.append({"seed": seed, "knowledge": knowledge})
+    def __init__(self, tasks=(), seed=0, knowledge=None, repeats_are_errors=False):
+        RecordingTeacher.made.append({"seed": seed, "knowledge": knowledge, "repeats": repeats_are_errors})
 
 
 def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_path, monkeypatch):
@@ -259,7 +259,9 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     console = Console(file=io.StringIO())
     knowing = parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
     score.open_teacher(knowing, tmp_path, [], console)
-    assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3}
+    assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3, "repeats": False}
+    score.open_teacher(parse_args(["--repeats-are-errors"]), tmp_path, [], console)
+    assert RecordingTeacher.made[-1]["repeats"] is True
     assert parse_args([]).teacher_knowledge == KNOWLEDGE  # the reference teacher's default
     assert parse_args(["--teacher", "smol-135m-q4"]).teacher_knowledge == 0.0  # an LLM knows its own
     plain = parse_args(["--teacher-knowledge", "0"])
