@@ -554,10 +554,11 @@ def run_compare(request: Request, console) -> int:
     open_compare(directory, request.config)
     console.print(f"compare: {directory}: arms {', '.join(request.arms)}; seeds "
                   f"{', '.join(map(str, request.seeds))}", highlight=False)
-    lines = []
     for seed in request.seeds:
-        lines += [r for r in run_seed(request, directory, seed, console) if r["arm"] in request.arms]
-    write_table(lines, directory, console)
+        run_seed(request, directory, seed, console)
+    # The table covers the whole comparison, every seed and arm run so far: a run in pieces (--arms
+    # outcome,question after imitation,score) extends it, and its arms are still paired with imitation.
+    write_table(read_results([directory / "results"]), directory, console)
     console.print(f"per-seed results: {directory / 'results'} (commit them under bench/results/ to rebuild the "
                   f"table with --from)", highlight=False)
     return 0

@@ -7,6 +7,7 @@ what it could reuse (hours at cpu-full scale), loses or duplicates work after an
 misreports an arm, or cannot be rebuilt from the committed files.
 """
 import collections
+import io
 import dataclasses
 import json
 import shutil
@@ -241,6 +242,26 @@ def test_pooled_tables_from_hand_written_lines():
     assert tables["scores"][1] == [["imitation", "0.25 [0.05, 0.70] n=4"], ["score", "1.00 [0.51, 1.00] n=4"]]
     assert tables["changes"][1] == [["score", "+3 -0 of 4 (p=0.25)"]]  # seed 1's "a" and both "b" rose
     assert tables["cost"][1][0][3:5] == ["5", "50"] and tables["cost"][1][1][3:5] == ["2.5", "25"]
+
+
+def test_a_comparison_run_in_pieces_tables_every_arm_run_so_far(tmp_path, monkeypatch):
+    """`compare --arms outcome,question` after `--arms imitation,score`: compare.md covers every arm of
+    the comparison's results, so the ablations are still paired with imitation."""
+    directory = tmp_path / "cmp"
+    earlier = [{"compare": "h", "comparison": "cmp", "seed": 0, "arm": arm, "label": "bc", "skipped": [],
+                "scores": {"arith": {"a": float(arm != "imitation"), "b": 0.0}}, "heldout_sets": [],
+                "teacher_calls": 1, "teacher_tokens": 10, "tokens_counted_by": "student tokenizer", "wall_s": 60.0,
+                "rl_start_states": None, "options": compare.shared_options(compare.parse_args([]))}
+               for arm in ("imitation", "score", "outcome")]
+    (directory / "results").mkdir(parents=True)
+    (directory / "results" / "seed-0.jsonl").write_text("".join(json.dumps(line) + "\n" for line in earlier))
+    monkeypatch.setattr(compare, "run_seed", lambda *args: None)  # the arms asked for are found finished
+    monkeypatch.setattr(compare, "open_compare", lambda *args: None)
+    request = compare.parse_request(["--seeds", "0", "--arms", "outcome", "--run", "cmp", "--runs-dir", str(tmp_path)])
+    from rich.console import Console
+    assert compare.run_compare(request, Console(file=io.StringIO())) == 0
+    text = (directory / "compare.md").read_text()
+    assert "| imitation |" in text and "| score |" in text and "| outcome | +1 -0 of 2" in text
 
 
 def test_a_remedy_branches_from_another_comparison(tiny_dir, tmp_path, monkeypatch, capsys):
