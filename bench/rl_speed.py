@@ -126,6 +126,10 @@ def main() -> None:
     starts = select_start_states(records, {t.id: t for t in tasks}, config)
     _, params, reference = prepare_policy(student, config)
     dtypes = {name: autocast_dtype(configs[name].autocast, student) for name in settings}
+    if len(settings) == 2 and dtypes["before"] == dtypes["after"]:  # e.g. "auto" on a CPU without native bf16
+        raise SystemExit(f"error: --before {args.before} and --after {args.after} both compute in "
+                         f"{dtypes['after'] or next(student.model.parameters()).dtype} here (no native bf16 on this "
+                         "CPU?): nothing to compare; run one setting with --only")
     optimizer = torch.optim.AdamW(params, lr=config.lr)
     timings = {name: {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "sampled_tok_per_s": [],
                       "generated": [], "row_tokens": [], "gap": []} for name in settings}
