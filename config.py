@@ -252,7 +252,7 @@ def mps_splits(config: Config, tasks) -> dict[str, str]:
     """Each training task's split: bc (MPS does not roll it out), sft or rl. --mps-tasks rest: the hash of
     mps.assign_split; all: every task is rolled out, split by a hash of its own so that SFT and RL are not
     the BC share. --mps-split per-set keeps which tasks MPS rolls out but deals them to SFT and RL in
-    turn within each task set, in hash order: a random 50/50 split of 20 tasks can put 16 of one set and
+    turn within each task set, in hash order: a random 50/50 split of 40 tasks put 11 of one set and
     5 of the other in one half (bench/RESULTS.md, remedy 1), and then SFT teaches one set only."""
     from mps import assign_split, unit_hash
     if config.mps_tasks == "all":
