@@ -253,7 +253,7 @@ def mps_splits(config: Config, tasks) -> dict[str, str]:
     mps.assign_split; all: every task is rolled out, split by a hash of its own so that SFT and RL are not
     the BC share. --mps-split per-set keeps which tasks MPS rolls out but deals them to SFT and RL in
     turn within each task set, in hash order: a random 50/50 split of 40 tasks put 11 of one set and
-    5 of the other in one half (bench/RESULTS.md, remedy 1), and then SFT teaches one set only."""
+    5 of the other in one half (bench/RESULTS.md, remedy 1), and then SFT teaches mostly one set."""
     from mps import assign_split, unit_hash
     if config.mps_tasks == "all":
         splits = {t.id: assign_split(t.id + "|mps", config.seed, 0.0) for t in tasks}
