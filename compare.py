@@ -17,7 +17,8 @@ No phase is computed twice: score-sft and score are one run (read after sft and 
 arms start from it with --init-from (score.py), which copies the finished phases a changed option does
 not affect: imitation reuses the evaluation before training, outcome and question reuse everything up
 to SCoRe-SFT and train only RL. Each arm's final student is also evaluated on the held-out task sets
-(`arith-heldout`, `lookup-heldout` in environment/tasks.py: other templates, another world) where they exist.
+(`arith-heldout`, `arith-reworded`, `lookup-heldout` in environment/tasks.py: other templates, the test
+problems in other words, another world) where they exist.
 
 The directory (runs/compare-<student>-<teacher>-<hash>/, or runs/<--run>/) holds the arms' runs and
 the results; the hash covers every result-affecting option except those the arms set themselves, so
@@ -284,7 +285,8 @@ def quiet():
 def heldout_sets(config: Config) -> list[str]:
     """The held-out family of each task set in --tasks, where environment/tasks.py has one."""
     from environment import tasks
-    return [f"{name}-heldout" for name in config.tasks.split(",") if f"{name}-heldout" in tasks.TASK_SETS]
+    names = {name.strip() for name in config.tasks.split(",")}
+    return [held for held in tasks.HELDOUT_SETS if held.split("-")[0] in names]
 
 
 def final_label(run_dir: Path, arm: Arm) -> str:

@@ -12,10 +12,11 @@ searching or computing them (knowing_solution, knowing_step; EXPERIMENT.md).
 
 Sets (`TASK_SETS`):
     arith, lookup          generated offline here, deterministic by seed, with reference solutions.
-    arith-heldout, lookup-heldout
+    arith-heldout, arith-reworded, lookup-heldout
                            test-only families for held-out generalisation: other arith templates
-                           (other wordings, names and problem structures) and a lookup world of
-                           other names with the same relations. Their train split is refused.
+                           (other wordings, names and problem structures), the arith test problems
+                           asked in other words, and a lookup world of other names with the same
+                           relations. Their train split is refused.
     gsm8k, math500, aime24, aime25, hotpotqa, 2wiki, musique, bamboogle
                            the paper's benchmarks, loaded with `datasets` where a hub is reachable.
     path/to/file.jsonl     local tasks, one {"id", "question", "answer"} object per line, with a
@@ -94,8 +95,9 @@ class Task:
 
 
 GENERATED_SETS = ("arith", "lookup")
-# Test-only families for held-out generalisation: other templates, another world. No train split.
-HELDOUT_SETS = ("arith-heldout", "lookup-heldout")
+# Test-only families for held-out generalisation: other templates, the test problems in other
+# words, another world. No train split.
+HELDOUT_SETS = ("arith-heldout", "arith-reworded", "lookup-heldout")
 TASK_SETS = GENERATED_SETS + HELDOUT_SETS + (
     "gsm8k", "math500", "aime24", "aime25", "hotpotqa", "2wiki", "musique", "bamboogle")
 SPLITS = ("train", "test")
@@ -419,9 +421,10 @@ def _problem_key(key: tuple) -> tuple:
 
 
 def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
-                seed: int) -> list[Task]:
+                seed: int, reworded: bool = False) -> list[Task]:
     """n distinct problems from `templates`, in a fixed order per (task_set, seed); split None
-    keeps every draw (a test-only family), else the draws whose problem hashes into `split`."""
+    keeps every draw (a test-only family), else the draws whose problem hashes into `split`.
+    reworded: the same draws, each asked in its REWORDINGS wording, as the set <task_set>-reworded."""
     # One stream of draws per seed; both splits read the same stream and keep their own share,
     # so the split of a problem depends only on its numbers (_problem_key), never on the seed.
     rng = _rng(task_set, seed)
@@ -442,11 +445,13 @@ def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
         seen.add(problem)
         # Content-addressed id (names included: another wording is another question): the same
         # problem has the same id in every seed and split.
-        task_id = f"{task_set}-" + _digest(task_set, draw.key)[:10]
+        name = f"{task_set}-reworded" if reworded else task_set
+        task_id = f"{name}-" + _digest(name, draw.key)[:10]
         # Each action's intermediate results are one fact of this task, for the knowing teacher.
         solution = tuple(replace(step, fact=f"{task_id}/{step.defines[0][0]}") if step.defines
                          else step for step in draw.solution)
-        tasks.append(Task(id=task_id, task_set=task_set, question=draw.question,
+        question = REWORDINGS[draw.key[0]](*draw.key[1:]) if reworded else draw.question
+        tasks.append(Task(id=task_id, task_set=name, question=question,
                           answer=_decimal(draw.answer), grader="numeric", solution=solution))
     if len(tasks) < n:
         raise TaskError(f"{task_set}: could only draw {len(tasks)} distinct "
@@ -458,6 +463,53 @@ def make_arith(split: str, n: int, seed: int = 0) -> list[Task]:
     """n arith tasks of the split, drawn in a fixed order from a generator seeded by `seed`."""
     _check_split(split)
     return _draw_arith("arith", ARITH_TEMPLATES, split, n, seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# arith-reworded: the arith test problems in other words, for testing only
+# ---------------------------------------------------------------------------------------------------
+# The same eight problem structures and the same numbers as the arith test split, asked in other
+# words: other verbs and nouns, other sentence order, other units words ("percent", "apiece", "L").
+# Task i is arith test task i reworded (same seed), so the two sets pair task by task: a student
+# that learned to read and compute a problem solves both; one that learned the training sentences
+# solves only the first. arith-heldout asks more (other structures); this asks only for other words.
+# Each wording takes the draw's key fields after the template's name, in the template's order.
+REWORDINGS = {
+    "shop": lambda name, item, count, price, pct: (
+        f"{name} orders {count} {item} priced at {_money(price)} apiece, and the store takes {pct} "
+        f"percent off the total. What does {name} pay in dollars?"),
+    "recipe": lambda servings, target, flour, butter: (
+        f"To cook for {target} people, a cook scales a recipe written for {servings} people, which "
+        f"calls for {flour} g of flour and {butter} g of butter. What is the combined weight of "
+        f"flour and butter, in grams?"),
+    "travel": lambda speed1, hours, speed2, minutes: (
+        f"A bus drives {hours} hours at {speed1} km per hour and afterwards {minutes} minutes at "
+        f"{speed2} km per hour. What total distance does it cover, in km?"),
+    "savings": lambda name, deposit, rate: (
+        f"{name} deposits ${deposit} into an account earning {rate} percent a year, compounded "
+        f"once a year. What is the balance two years later, in dollars?"),
+    "wages": lambda name, rate, days, hours, saturday: (
+        f"{name}'s pay is {_money(rate)} an hour. In one week {name} puts in {hours} hours a day on "
+        f"{days} weekdays, plus {saturday} hours on Saturday at time and a half (1.5 times the "
+        f"hourly pay). What is {name}'s pay for the week, in dollars?"),
+    "tiles": lambda length, width, extra, price: (
+        f"Someone is tiling a floor of {_decimal(length)} m by {_decimal(width)} m. Tiles are "
+        f"${price} a square metre, and {extra} percent more area than the floor is ordered in case "
+        f"some break. What do the tiles cost, in dollars?"),
+    "fuel": lambda per_100, distance, price: (
+        f"A car that burns {_decimal(per_100)} L every 100 km makes a drive of {distance} km, with "
+        f"fuel at {_money(price)} a litre. What does the fuel for the drive cost, in dollars?"),
+    "order_tax": lambda bags, bag_price, boxes, box_price, tax: (
+        f"A coffee shop orders {boxes} boxes of tea costing {_money(box_price)} per box and {bags} "
+        f"bags of coffee costing {_money(bag_price)} per bag, and pays {tax}% sales tax on the "
+        f"entire order. How much is the bill with tax, in dollars?"),
+}
+
+
+def make_arith_reworded(split: str, n: int, seed: int = 0) -> list[Task]:
+    """The first n arith test problems of `seed`, in order, each in its REWORDINGS wording."""
+    _check_test_only("arith-reworded", split)
+    return _draw_arith("arith", ARITH_TEMPLATES, "test", n, seed, reworded=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1182,7 +1234,7 @@ def _check_test_only(name: str, split: str) -> None:
     _check_split(split)
     if split != "test":
         raise TaskError(f"{name} is a test-only set (held-out generalisation) and has no {split} "
-                        f"split; train on {name.removesuffix('-heldout')} and evaluate on {name}")
+                        f"split; train on {name.split('-')[0]} and evaluate on {name}")
 
 
 def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0,
@@ -1204,6 +1256,9 @@ def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0,
     if name == "arith-heldout":
         _check_test_only(name, split)
         return make_arith_heldout(split, ARITH_DEFAULT_N["test"] if n is None else n, seed)
+    if name == "arith-reworded":
+        _check_test_only(name, split)
+        return make_arith_reworded(split, ARITH_DEFAULT_N["test"] if n is None else n, seed)
     if name == "lookup-heldout":
         return make_lookup_heldout(split, n, seed)
     # Loaded sets come in the dataset's order; shuffle by the seed so that "the first n" is a

@@ -143,7 +143,7 @@ def test_compare_runs_every_arm_reuses_phases_resumes_and_rebuilds_from_results(
         lines = {r["arm"]: r for r in read_jsonl(home / "results" / f"seed-{seed}.jsonl")}
         assert list(lines) == list(compare.ARMS)
         for arm, line in lines.items():
-            assert set(line["scores"]) == {"arith", "arith-heldout"} and line["seed"] == seed
+            assert set(line["scores"]) == {"arith", "arith-heldout", "arith-reworded"} and line["seed"] == seed
             assert all(len(line["scores"][t]) == N for t in line["scores"])
             assert line["run"] == s + compare.ARMS[arm].run
         bc_records = read_jsonl(home / (s + "imitation") / "bc.jsonl")
@@ -163,7 +163,7 @@ def test_compare_runs_every_arm_reuses_phases_resumes_and_rebuilds_from_results(
 
     text = (home / "compare.md").read_text()
     score_rows = [line for line in text.split("## Score per arm")[1].split("##")[0].splitlines() if line.startswith("| ")]
-    assert score_rows[0] == "| arm | arith | arith-heldout |"  # test split first, then the held-out family
+    assert score_rows[0] == "| arm | arith | arith-heldout | arith-reworded |"  # test split first, then the held-out family
     assert [r.split(" | ")[0].lstrip("| ") for r in score_rows[1:]] == list(compare.ARMS)
     assert all(r.count(f"n={N * len(SEEDS)}") == 2 for r in score_rows[1:])  # pooled over both seeds
     changes = text.split("## Against imitation")[1].split("##")[0]

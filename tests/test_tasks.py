@@ -284,21 +284,21 @@ _HELDOUT_QUESTIONS = [
 def test_heldout_sets_are_test_only():
     """Breaks: held-out generalisation: a held-out family that could be trained on measures nothing.
     Its train split is refused with one line; its test split is listed and loads."""
-    for name in ("arith-heldout", "lookup-heldout"):
+    for name in ("arith-heldout", "arith-reworded", "lookup-heldout"):
         assert name in TASK_SETS
         with pytest.raises(TaskError, match=f"{name} is a test-only set") as caught:
             load_tasks(name, "train", 5)
         assert "\n" not in str(caught.value)
         tasks = load_tasks(name, "test", 5, seed=2)
         assert len(tasks) == 5 and all(t.task_set == name and t.id.startswith(name + "-") for t in tasks)
-    assert len(load_tasks("arith-heldout", "test")) == 200
+    assert len(load_tasks("arith-heldout", "test")) == len(load_tasks("arith-reworded", "test")) == 200
     assert len(load_tasks("lookup-heldout", "test")) == len(load_tasks("lookup", "test"))
     assert len(load_tasks("lookup-heldout", "test", 700)) == 700
 
 
 def test_heldout_sets_are_deterministic():
     """Breaks: comparing arms and seeds on the same held-out tasks, and resuming an evaluation."""
-    for name in ("arith-heldout", "lookup-heldout"):
+    for name in ("arith-heldout", "arith-reworded", "lookup-heldout"):
         assert load_tasks(name, "test", 30, seed=1) == load_tasks(name, "test", 30, seed=1)
         assert load_tasks(name, "test", 10, seed=1) == load_tasks(name, "test", 30, seed=1)[:10]
         assert load_tasks(name, "test", 30, seed=1) != load_tasks(name, "test", 30, seed=2)
@@ -327,6 +327,49 @@ def test_arith_heldout_is_another_family():
     # No two held-out tasks are one problem under other names.
     words = "|".join(map(re.escape, tasks_module._HELDOUT_NAMES + tasks_module._MEALS + tasks_module._RENTALS))
     assert len({re.sub(rf"\b(?:{words})\b", "_", t.question) for t in heldout}) == len(heldout)
+
+
+# The reworded questions (environment/tasks.py, REWORDINGS), each with the answer recomputed from its text.
+_REWORDED_QUESTIONS = [
+    (r"orders (\d+) .+ priced at \$([\d.]+) apiece, and the store takes (\d+) percent off",
+     lambda count, price, pct: count * price * (100 - pct) / 100),
+    (r"To cook for (\d+) people, a cook scales a recipe written for (\d+) people, which calls for "
+     r"(\d+) g of flour and (\d+) g of butter", lambda t, s, flour, butter: (flour + butter) * t / s),
+    (r"drives (\d+) hours at (\d+) km per hour and afterwards (\d+) minutes at (\d+) km per hour",
+     lambda h, v1, m, v2: v1 * h + v2 * m / 60),
+    (r"deposits \$(\d+) into an account earning (\d+) percent a year", lambda p, r: p * (1 + r / 100) ** 2),
+    (r"pay is \$([\d.]+) an hour\. In one week \w+ puts in (\d+) hours a day on (\d+) weekdays, plus "
+     r"(\d+) hours on Saturday", lambda rate, h, d, s: rate * (h * d + Fraction(3, 2) * s)),
+    (r"floor of ([\d.]+) m by ([\d.]+) m\. Tiles are \$(\d+) a square metre, and (\d+) percent more",
+     lambda length, width, c, x: length * width * (1 + x / 100) * c),
+    (r"burns ([\d.]+) L every 100 km makes a drive of (\d+) km, with fuel at \$([\d.]+) a litre",
+     lambda f, d, c: f * d / 100 * c),
+    (r"orders (\d+) boxes of tea costing \$([\d.]+) per box and (\d+) bags of coffee costing "
+     r"\$([\d.]+) per bag, and pays (\d+)% sales tax", lambda x, xp, b, bp, t: (b * bp + x * xp) * (1 + t / 100)),
+]
+
+
+def test_arith_reworded_is_the_test_split_in_other_words():
+    """Breaks: arith-reworded as a test of wording alone: task i must be arith test task i of the same
+    seed (same answer, same reference solution, so the two sets pair task by task), asked in words no
+    training template uses, with an answer that follows from its own text; every wording appears, and
+    no id is shared with arith or arith-heldout."""
+    seen = set()
+    for seed in (0, 3):
+        reworded, test = load_tasks("arith-reworded", "test", 120, seed), make_arith("test", 120, seed)
+        training = {t.question for t in make_arith("train", 300, seed)}
+        others = {t.id for t in test + make_arith("train", 300, seed) + load_tasks("arith-heldout", "test", 120, seed)}
+        assert not {t.id for t in reworded} & others and len({t.id for t in reworded}) == 120
+        for new, old in zip(reworded, test):
+            assert new.task_set == "arith-reworded" and new.question != old.question and new.question not in training
+            assert (new.answer, [s.code for s in new.solution]) == (old.answer, [s.code for s in old.solution])
+            assert not any(re.search(pattern, new.question) for pattern, _ in _ARITH_QUESTIONS), new.question
+            matches = [(i, m) for i, (pattern, _) in enumerate(_REWORDED_QUESTIONS) if (m := re.search(pattern, new.question))]
+            assert len(matches) == 1, new.question
+            index, match = matches[0]
+            assert Fraction(new.answer) == _REWORDED_QUESTIONS[index][1](*(Fraction(g) for g in match.groups())), new.question
+            seen.add(index)
+    assert seen == set(range(len(_REWORDED_QUESTIONS)))
 
 
 def test_lookup_heldout_is_another_world():
