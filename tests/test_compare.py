@@ -135,10 +135,11 @@ def test_compare_runs_every_arm_reuses_phases_resumes_and_rebuilds_from_results(
             assert "copied_from" not in phases["rl"]
         base = read_jsonl(home / (s + "score") / "eval" / "base.jsonl")
         assert read_jsonl(home / (s + "imitation") / "eval" / "base.jsonl") == base  # the same base evaluation
-        # every evaluation holds each test task once: nothing lost, nothing duplicated
+        # every evaluation holds each test task once: nothing lost, nothing duplicated (a held-out
+        # evaluation holds N tasks of each held-out set: arith-heldout and arith-reworded)
         for path in home.glob(s + "*/eval/*.jsonl"):
             ids = [r["task_id"] for r in read_jsonl(path)]
-            assert len(ids) == len(set(ids)) == N, path
+            assert len(ids) == len(set(ids)) == N * (2 if path.name.startswith("heldout-") else 1), path
         # one results line per arm, with per-task scores on the test split and the held-out set
         lines = {r["arm"]: r for r in read_jsonl(home / "results" / f"seed-{seed}.jsonl")}
         assert list(lines) == list(compare.ARMS)
@@ -165,9 +166,9 @@ def test_compare_runs_every_arm_reuses_phases_resumes_and_rebuilds_from_results(
     score_rows = [line for line in text.split("## Score per arm")[1].split("##")[0].splitlines() if line.startswith("| ")]
     assert score_rows[0] == "| arm | arith | arith-heldout | arith-reworded |"  # test split first, then the held-out family
     assert [r.split(" | ")[0].lstrip("| ") for r in score_rows[1:]] == list(compare.ARMS)
-    assert all(r.count(f"n={N * len(SEEDS)}") == 2 for r in score_rows[1:])  # pooled over both seeds
+    assert all(r.count(f"n={N * len(SEEDS)}") == 3 for r in score_rows[1:])  # pooled over both seeds, 3 sets
     changes = text.split("## Against imitation")[1].split("##")[0]
-    assert changes.count(f" of {N * len(SEEDS)} (p=") == 2 * (len(compare.ARMS) - 1)
+    assert changes.count(f" of {N * len(SEEDS)} (p=") == 3 * (len(compare.ARMS) - 1)
     cost = text.split("## Cost")[1]
     assert f"| imitation | after BC | 0, 1 | {N} |" in cost
     assert (home / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
