@@ -283,7 +283,7 @@ def quiet():
 
 
 def heldout_sets(config: Config) -> list[str]:
-    """The held-out family of each task set in --tasks, where environment/tasks.py has one."""
+    """The held-out families (environment/tasks.HELDOUT_SETS) of the task sets in --tasks."""
     from environment import tasks
     names = {name.strip() for name in config.tasks.split(",")}
     return [held for held in tasks.HELDOUT_SETS if held.split("-")[0] in names]

@@ -428,6 +428,7 @@ def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
     # One stream of draws per seed; both splits read the same stream and keep their own share,
     # so the split of a problem depends only on its numbers (_problem_key), never on the seed.
     rng = _rng(task_set, seed)
+    name = f"{task_set}-reworded" if reworded else task_set  # the set the tasks belong to
     tasks: list[Task] = []
     seen: set[tuple] = set()   # problems already drawn: a name-only variant is no new task
     # Rejection sampling: most templates reject draws whose values would not be exact floats.
@@ -445,7 +446,6 @@ def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
         seen.add(problem)
         # Content-addressed id (names included: another wording is another question): the same
         # problem has the same id in every seed and split.
-        name = f"{task_set}-reworded" if reworded else task_set
         task_id = f"{name}-" + _digest(name, draw.key)[:10]
         # Each action's intermediate results are one fact of this task, for the knowing teacher.
         solution = tuple(replace(step, fact=f"{task_id}/{step.defines[0][0]}") if step.defines
@@ -454,7 +454,7 @@ def _draw_arith(task_set: str, templates: tuple, split: str | None, n: int,
         tasks.append(Task(id=task_id, task_set=name, question=question,
                           answer=_decimal(draw.answer), grader="numeric", solution=solution))
     if len(tasks) < n:
-        raise TaskError(f"{task_set}: could only draw {len(tasks)} distinct "
+        raise TaskError(f"{name}: could only draw {len(tasks)} distinct "
                         f"{split or 'test'} tasks of {n}")
     return tasks
 
@@ -1253,11 +1253,9 @@ def load_tasks(name: str, split: str, n: int | None = None, seed: int = 0,
         return make_arith(split, ARITH_DEFAULT_N[split] if n is None else n, seed)
     if name == "lookup":
         return make_lookup(split, n, seed)
-    if name == "arith-heldout":
-        _check_test_only(name, split)
+    if name == "arith-heldout":  # the test-only sets refuse another split themselves
         return make_arith_heldout(split, ARITH_DEFAULT_N["test"] if n is None else n, seed)
     if name == "arith-reworded":
-        _check_test_only(name, split)
         return make_arith_reworded(split, ARITH_DEFAULT_N["test"] if n is None else n, seed)
     if name == "lookup-heldout":
         return make_lookup_heldout(split, n, seed)
