@@ -114,6 +114,10 @@ class Config:
     repeats_are_errors: bool = arg(False, "the reference teacher also calls an action that repeats an earlier "
                                           "action's code verbatim a critical error (a remedy measured in "
                                           "bench/RESULTS.md: without it SCoRe-SFT trains on looping searches)", "mps")
+    corrections_show_work: bool = arg(False, "the knowing reference teacher writes its MPS corrections as the "
+                                             "plain oracle: searching or computing what it knows instead of "
+                                             "stating it (its BC trajectories keep what it knows; a remedy "
+                                             "measured in bench/RESULTS.md)", "mps")
     teacher_sees: str = arg("answer", "what the teacher sees of the task: the answer (as the paper) or also the "
                                       "task's reference solution", "mps", ("answer", "solution"))
 
@@ -417,6 +421,13 @@ def check_config(config: Config) -> None:
     if config.repeats_are_errors and (config.teacher != "reference" or config.teacher_url):
         raise ConfigError("--repeats-are-errors is a rule of the reference teacher; an LLM teacher judges repeats "
                           "by its own reading: drop it with --teacher " + (config.teacher_url or config.teacher))
+    if config.corrections_show_work and (config.teacher != "reference" or config.teacher_url):
+        raise ConfigError("--corrections-show-work is a rule of the reference teacher's knowledge; an LLM teacher "
+                          "writes its corrections by its own reading: drop it with --teacher "
+                          + (config.teacher_url or config.teacher))
+    if config.corrections_show_work and not config.teacher_knowledge:
+        raise ConfigError("--corrections-show-work hides what the teacher knows from its corrections; at "
+                          "--teacher-knowledge 0 it knows nothing to hide: drop it or give a knowledge share")
     if world_size() > 1 and "mps" in phases:
         raise ConfigError("mps runs in one process (one teacher, batched rollouts on one device; METHOD.md, "
                           "deviations): run it with plain python, and bc, sft and rl under accelerate launch")

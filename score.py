@@ -98,11 +98,13 @@ def open_teacher(config: Config, run_dir: Path, tasks: list, console):
     cache = Path(config.teacher_cache) if config.teacher_cache else run_dir / "teacher_cache.jsonl"
     if config.teacher_knowledge:  # the same knowing teacher writes BC trajectories and MPS steps
         console.print(f"teacher: knows a share {config.teacher_knowledge:g} of the facts and intermediate results "
-                      "(--teacher-knowledge): it states them instead of searching or computing")
+                      "(--teacher-knowledge): it states them instead of searching or computing"
+                      + (" in its own episodes; its corrections search and compute (--corrections-show-work)"
+                         if config.corrections_show_work else ""))
     teacher = make_teacher(config.teacher, tasks=tasks, cache_path=cache, url=config.teacher_url or None,
                            gpu_layers=config.teacher_gpu_layers, threads=config.threads, sees=config.teacher_sees,
                            seed=config.seed, knowledge=config.teacher_knowledge,
-                           repeats_are_errors=config.repeats_are_errors)
+                           repeats_are_errors=config.repeats_are_errors, show_work=config.corrections_show_work)
     OPENED_TEACHERS.append(teacher)
     return teacher
 

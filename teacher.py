@@ -378,10 +378,11 @@ class LLMTeacher(Teacher):
 def make_teacher(spec: str, tasks: Sequence = (), cache_path: Path | None = None, url: str | None = None,
                  gpu_layers: int = -1, threads: int | None = None, sees: str = "answer", seed: int = 0,
                  config: TeacherConfig = TeacherConfig(), knowledge: float = 0.0,
-                 repeats_are_errors: bool = False) -> Teacher:
+                 repeats_are_errors: bool = False, show_work: bool = False) -> Teacher:
     """`reference`, a preset of TEACHER_PRESETS, a path to a .gguf file, or (with `url`) the model name
     to ask an OpenAI-compatible server for. knowledge: the reference teacher's privileged knowledge;
-    repeats_are_errors: its rule that a verbatim repeated action is a critical error."""
+    repeats_are_errors: its rule that a verbatim repeated action is a critical error; show_work: its
+    corrections state nothing it knows (environment/reference_teacher.py, deviation 4)."""
     # The kinds build on this module (they subclass Teacher), so they are imported when one is made.
     from environment.reference_teacher import ReferenceTeacher, check_knowledge
     from teacher_backends import TEACHER_PRESETS, GGUFTeacher, URLTeacher
@@ -393,12 +394,16 @@ def make_teacher(spec: str, tasks: Sequence = (), cache_path: Path | None = None
     if repeats_are_errors and (url or spec != "reference"):
         raise TeacherError(f"--repeats-are-errors is a rule of the reference teacher; teacher {url or spec} is "
                            "a model and judges repeats by its own reading")
+    if show_work and (url or spec != "reference"):
+        raise TeacherError(f"--corrections-show-work is a rule of the reference teacher; teacher {url or spec} is "
+                           "a model and writes its corrections by its own reading")
     common = dict(tasks=tasks, seed=seed, sees=sees, cache_path=cache_path, config=config)
     # --teacher-url wins: the spec then only names the served model ("" or "reference": ask the server).
     if url:
         return URLTeacher(url, model=None if spec in ("", "reference") else spec, **common)
     if spec == "reference":  # no cache needed: it makes no model calls
-        return ReferenceTeacher(tasks, seed, knowledge=knowledge, repeats_are_errors=repeats_are_errors)
+        return ReferenceTeacher(tasks, seed, knowledge=knowledge, repeats_are_errors=repeats_are_errors,
+                                show_work=show_work)
     if spec in TEACHER_PRESETS or spec.endswith(".gguf") or Path(spec).is_file():
         return GGUFTeacher(spec, gpu_layers=gpu_layers, threads=threads, **common)
     raise TeacherError(f"unknown teacher {spec!r}: use reference, a preset ({', '.join(TEACHER_PRESETS)}), "

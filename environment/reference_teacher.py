@@ -9,8 +9,8 @@ oracle: its own evaluation row is 100% by construction (`is_oracle`). It makes n
 `knowledge` P (--teacher-knowledge) gives it privileged knowledge: it knows a share P of the facts
 the solutions find or compute (world edges, arith intermediates), chosen by a seeded hash of (fact,
 seed) (`knows_fact`), and states them instead of searching or computing, in its own episodes and
-its corrections alike: the paper's premise of a teacher that knows more than its student
-(EXPERIMENT.md), modelled, not the paper's setting. P = 0 is the plain oracle, step for step.
+(unless show_work, deviation 4) its corrections: the paper's premise of a teacher that knows more
+than its student (EXPERIMENT.md), modelled, not the paper's setting. P = 0 is the plain oracle, step for step.
 
 Deviations from the paper, with reasons:
   1. The rule "prints a number that is neither a quantity of the task nor a checkpoint" applies
@@ -28,6 +28,12 @@ Deviations from the paper, with reasons:
      earlier action's code verbatim is a critical error. Without it a looping episode's repeats
      pass as harmless searches, so SCoRe-SFT trains on them and the RL key step falls after them;
      the paper's LLM teacher would name the first repeat (bench/RESULTS.md, remedy 4).
+  4. With `show_work` (--corrections-show-work, off by default) the knowing teacher writes its
+     corrections as the plain oracle would: each searches or computes what it needs and states only
+     what the prefix's observations showed, while its own episodes (BC) keep what it knows. A
+     correction is a step for the student to take from its own state, and a student cannot state a
+     fact it does not hold; with the knowing rule a third of the corrections stated values no
+     observation had shown (bench/RESULTS.md, remedy 6), which teaches the student to blurt.
 """
 from __future__ import annotations
 
@@ -217,18 +223,25 @@ def check_knowledge(knowledge) -> float:
 class ReferenceTeacher(Teacher):
     """The scripted expert: it knows each task's reference solution, and with `knowledge` P > 0 also a
     share P of the facts that solution finds or computes (knows_fact), which it states instead of
-    searching or computing: in its own episodes (solve) and in its corrections alike."""
+    searching or computing: in its own episodes (solve) and in its corrections alike, unless show_work."""
     name = "reference"
     is_oracle = True
 
-    def __init__(self, tasks: Sequence = (), seed: int = 0, knowledge: float = 0.0, repeats_are_errors: bool = False):
+    def __init__(self, tasks: Sequence = (), seed: int = 0, knowledge: float = 0.0, repeats_are_errors: bool = False,
+                 show_work: bool = False):
         super().__init__(tasks, seed)
         self.knowledge = check_knowledge(knowledge)
         self.repeats_are_errors = repeats_are_errors
+        self.show_work = show_work
 
     def knows(self, fact: str) -> bool:
         """METHOD: one rule for every step this teacher writes: the seeded hash of (fact, seed)."""
         return knows_fact(fact, self.knowledge, self.seed)
+
+    def states_in_corrections(self, fact: str) -> bool:
+        """What a correction states without searching or computing: what it knows, or nothing with
+        show_work (deviation 4: it then corrects as the plain oracle, from the prefix's observations)."""
+        return not self.show_work and self.knows(fact)
 
     def _task(self, task_id: str):
         """The task with a usable reference solution (a plan and at least one action), or None."""
@@ -246,9 +259,10 @@ class ReferenceTeacher(Teacher):
                              judge_repeats=self.repeats_are_errors)
         suggestion = ""  # the thought of the step it would write: for the records, the student never sees it
         if k:
-            suggestion = knowing_plan(task.solution, self.knows).thought if k == 1 else knowing_step(
+            knows = self.states_in_corrections
+            suggestion = knowing_plan(task.solution, knows).thought if k == 1 else knowing_step(
                 task.solution, next_reference_position(task, trajectory.steps[:k - 1], self.knowledge > 0),
-                self.knows)[0].thought
+                knows)[0].thought
         return Verdict(first_error_step=k, analysis=f"Step {k}: {why}." if k else why + ".", suggestion=suggestion)
 
     def replacement_step(self, task, prefix: list[Step], wrong_step: Step, verdict: Verdict) -> Step | None:
@@ -259,11 +273,12 @@ class ReferenceTeacher(Teacher):
             return None
         k = len(prefix) + 1  # the verdict only decides where the prefix ends: the step is the rules' choice
         if k == 1:  # a new plan: the reference plan (what the teacher knows, then what is left to do)
-            plan = knowing_plan(task.solution, self.knows).thought
+            plan = knowing_plan(task.solution, self.states_in_corrections).thought
             return Step(index=1, kind="plan", author="teacher", content=format_step("plan", plan), thought=plan)
-        # METHOD: the same rule as solve: the next reference step not yet reached, with what it knows stated.
+        # METHOD: the same rule as solve: the next reference step not yet reached, with what it knows
+        # stated (nothing, with show_work).
         position = next_reference_position(task, prefix, count_stated=self.knowledge > 0)
-        ref = self_contained_step(task, position, self.knows)
+        ref = self_contained_step(task, position, self.states_in_corrections)
         return Step(index=k, kind="action", author="teacher", content=format_step("action", ref.thought, ref.code),
                     thought=ref.thought, code=ref.code)
 

@@ -241,8 +241,9 @@ class RecordingTeacher:
     arguments are recorded; knowledge None = not passed)."""
     made: list = []
 
-    def __init__(self, tasks=(), seed=0, knowledge=None, repeats_are_errors=False):
-        RecordingTeacher.made.append({"seed": seed, "knowledge": knowledge, "repeats": repeats_are_errors})
+    def __init__(self, tasks=(), seed=0, knowledge=None, repeats_are_errors=False, show_work=False):
+        RecordingTeacher.made.append({"seed": seed, "knowledge": knowledge, "repeats": repeats_are_errors,
+                                      "show_work": show_work})
 
 
 def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_path, monkeypatch):
@@ -259,9 +260,11 @@ def test_teacher_knowledge_reaches_the_reference_teacher_and_counts_from_bc(tmp_
     console = Console(file=io.StringIO())
     knowing = parse_args(["--teacher-knowledge", "0.3", "--seed", "2"])
     score.open_teacher(knowing, tmp_path, [], console)
-    assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3, "repeats": False}
+    assert RecordingTeacher.made[-1] == {"seed": 2, "knowledge": 0.3, "repeats": False, "show_work": False}
     score.open_teacher(parse_args(["--repeats-are-errors"]), tmp_path, [], console)
     assert RecordingTeacher.made[-1]["repeats"] is True
+    score.open_teacher(parse_args(["--corrections-show-work"]), tmp_path, [], console)
+    assert RecordingTeacher.made[-1]["show_work"] is True
     assert parse_args([]).teacher_knowledge == KNOWLEDGE  # the reference teacher's default
     assert parse_args(["--teacher", "smol-135m-q4"]).teacher_knowledge == 0.0  # an LLM knows its own
     plain = parse_args(["--teacher-knowledge", "0"])
@@ -406,3 +409,17 @@ def test_repeats_are_errors_is_for_the_reference_teacher_only():
     check_config(parse_args(["--repeats-are-errors"]))
     with pytest.raises(ConfigError, match="repeats-are-errors is a rule of the reference teacher"):
         check_config(parse_args(["--repeats-are-errors", "--teacher", "smol-135m-q4"]))
+
+
+def test_corrections_show_work_needs_a_knowing_reference_teacher():
+    """--corrections-show-work hides the reference teacher's knowledge from its corrections: with an
+    LLM teacher, or at knowledge 0 (nothing to hide), it ends in one line; it affects MPS on, so an
+    --init-from branch that adds it reuses BC."""
+    from config import FIRST_PHASE_OF, check_config
+    from runs import ConfigError
+    check_config(parse_args(["--corrections-show-work"]))
+    with pytest.raises(ConfigError, match="corrections-show-work is a rule of the reference teacher"):
+        check_config(parse_args(["--corrections-show-work", "--teacher", "smol-135m-q4"]))
+    with pytest.raises(ConfigError, match="knows nothing to hide"):
+        check_config(parse_args(["--corrections-show-work", "--teacher-knowledge", "0"]))
+    assert FIRST_PHASE_OF["corrections_show_work"] == "mps"

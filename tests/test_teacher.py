@@ -353,6 +353,43 @@ def test_knowledge_corrections_state_what_the_teacher_knows(product):
         assert "1937" in ran.observation or "Vokel Breitail" in ran.observation or ran.final_answer == "1937"
 
 
+def test_corrections_show_work_search_what_the_teacher_knows(product):
+    """--corrections-show-work: a seed that knows the founder edge states it in its own episode (BC)
+    and, by default, in its correction; with show_work the correction is the plain oracle's search
+    (the same code as at P = 0), the plan states nothing, while solve and the verdict are unchanged.
+    A student's correct stated fact still counts as reached. If this broke, the remedy would hide
+    the teacher's knowledge from BC too, or not from the corrections."""
+    from environment.reference_teacher import knows_fact
+    edge = product.solution[2].fact
+    seed = next(seed for seed in range(50) if knows_fact(edge, 0.5, seed))
+    knowing = ReferenceTeacher([product], seed=seed, knowledge=0.5)
+    showing = ReferenceTeacher([product], seed=seed, knowledge=0.5, show_work=True)
+    plain = ReferenceTeacher([product], seed=seed)
+    trajectory = episode(product, [ref(product, 1), 'final_answer("1950")'])
+    verdict = showing.verdict(trajectory, product.answer)
+    assert verdict.first_error_step == knowing.verdict(trajectory, product.answer).first_error_step == 3
+    stated = knowing.replacement_step(product, trajectory.steps[:2], trajectory.steps[2], verdict)
+    shown = showing.replacement_step(product, trajectory.steps[:2], trajectory.steps[2], verdict)
+    assert stated.code.startswith('founder = "Vokel Breitail"')
+    assert shown.code == ref(product, 2) == plain.replacement_step(product, trajectory.steps[:2],
+                                                                   trajectory.steps[2], verdict).code
+    assert "Vokel Breitail" not in shown.thought and "Vokel Breitail" not in verdict.suggestion
+    blank = episode(product, [""], plan="")  # an empty plan: the correction is a new plan
+    plan_verdict = showing.verdict(blank, product.answer)
+    assert plan_verdict.first_error_step == 1
+    plan = showing.replacement_step(product, [], blank.steps[0], plan_verdict)
+    assert plan.thought == plain.replacement_step(product, [], blank.steps[0], plan_verdict).thought
+    assert plan.thought != knowing.replacement_step(product, [], blank.steps[0], plan_verdict).thought
+    solved = showing.solve(product, CONFIG, seed=0)  # BC keeps what it knows
+    assert [s.code for s in solved.steps] == [s.code for s in knowing.solve(product, CONFIG, seed=0).steps]
+    assert 'search("Druzideim Industries")' not in "\n".join(s.code or "" for s in solved.steps)
+    right = episode(product, ['company = "Druzideim Industries"', 'final_answer("1950")'])
+    step = showing.replacement_step(product, right.steps[:2], right.steps[2], showing.verdict(right, product.answer))
+    assert 'search("Goulaisais")' not in step.code and "Druzideim Industries" in step.code
+    with pytest.raises(TeacherError, match="corrections-show-work"):
+        make_teacher("smol-135m-q4", [product], show_work=True)
+
+
 @pytest.mark.parametrize("knowledge", [0.3, 0.7])
 def test_knowledge_solutions_reach_the_answer(knowledge):
     """With any P, the teacher's own episodes (every generated family, held-out ones too) run in the
