@@ -267,7 +267,8 @@ class Start:
 
 
 @dataclass
-class _Episode:
+class _Running:
+    """An episode while rollout runs it: its start, the trajectory so far, its sandbox, its last step."""
     start: Start
     trajectory: Trajectory
     sandbox: object
@@ -349,22 +350,22 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
     make_sandbox = sandbox_factory or (lambda corpus: Sandbox(corpus=corpus, timeout_s=config.timeout_s,
                                                                 max_output_chars=config.max_output_chars))
     tokenizer = student.tokenizer
-    episodes: list[_Episode] = []
+    episodes: list[_Running] = []
     with ThreadPoolExecutor(max_workers=config.tool_threads) as pool:
-        def open_episode(start: Start) -> _Episode:
+        def open_episode(start: Start) -> _Running:
             task = start.task
             trajectory = Trajectory(task_id=task.id, task_set=task.task_set, question=task.question,
                                     reference_answer=task.answer, seed=start.seed,
                                     steps=[dataclasses.replace(s) for s in start.prefix])
             sandbox = make_sandbox(indexes.get(task.corpus_id) if task.corpus is not None else None)
             sandbox.replay(replay_codes(trajectory.steps))  # METHOD: rebuild state from the prefix
-            return _Episode(start, trajectory, sandbox, start.step_limit or config.max_steps)
+            return _Running(start, trajectory, sandbox, start.step_limit or config.max_steps)
 
         limit = max_active or len(starts)
         waiting = list(reversed(range(len(starts))))  # indexes of starts not opened yet, next one last
-        by_index: dict[int, _Episode] = {}
+        by_index: dict[int, _Running] = {}
 
-        def admit(active: list[_Episode]) -> list[_Episode]:
+        def admit(active: list[_Running]) -> list[_Running]:
             """Open waiting starts into the free rows; an episode whose prefix already ended closes at once."""
             while waiting and len(active) < limit:
                 picked = [waiting.pop() for _ in range(min(limit - len(active), len(waiting)))]
@@ -427,7 +428,7 @@ def rollout(student, starts: Sequence[Start], config: RolloutConfig, indexes: di
     return [by_index[i].trajectory for i in range(len(starts))]
 
 
-def _episode_over(e: _Episode) -> bool:
+def _episode_over(e: _Running) -> bool:
     trajectory = e.trajectory
     if trajectory.steps and trajectory.steps[-1].final_answer is not None:
         trajectory.final_answer = trajectory.steps[-1].final_answer
@@ -439,7 +440,7 @@ def _episode_over(e: _Episode) -> bool:
     return False
 
 
-def _close(e: _Episode, on_episode_end) -> None:
+def _close(e: _Running, on_episode_end) -> None:
     grade_trajectory(e.trajectory, e.start.task)
     e.sandbox.close()
     if on_episode_end is not None:

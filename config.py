@@ -1,8 +1,12 @@
-"""config: the one home for the loop's options, presets, checks and --help.
+"""config: the one home for every option: the phases' own settings, the loop's options, presets, checks
+and --help.
 
-One frozen dataclass, `Config`, serves every entry point of score.py (the loop, one phase, compare);
-`--help` is generated from its fields. Each field names the first phase whose results it changes, and
---init-from, the resume check, --help's groups and each phase's own config are derived from that.
+First the settings each phase's code takes (MPSConfig, SFTConfig for BC and SCoRe-SFT, RLConfig); each
+of their defaults lives there once. Then one frozen dataclass, `Config`, for every entry point of
+score.py (the loop, one phase, compare); `--help` is generated from its fields (runs.add_flags, which
+also gives `python sft.py` and `python rl.py` their flags). Each field names the first phase whose
+results it changes, and --init-from, the resume check, --help's groups and each phase's own config
+are derived from that.
 Here too: the presets, the checks every option passes before any work, the command line (flags,
 --config FILE, and back again: `command_for`), and the budget table and memory checks made before the
 first phase. Nothing here runs a phase; score.py does.
@@ -22,13 +26,11 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
-from mps import MPSConfig
-from rl import RL_PRESETS, RLConfig
-from sft import SFT_PRESETS
+from runs import ConfigError, add_flags, branch_run, check_run_name, config_hash, option, option_type
 
 PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, in order
 
@@ -42,12 +44,94 @@ PHASES = ("eval", "bc", "mps", "sft", "rl")  # the phases this command can run, 
 KNOWLEDGE = 0.25
 
 
+# ----------------------------------------------------------------------------------------------
+# Each phase's own settings: the dataclasses that mps.py, sft.py (BC and SCoRe-SFT) and rl.py take.
+# Their defaults are the CPU preset; TRAINING_PRESETS below holds the GPU one. The loop's options
+# (Config, after these) reach them through `to` and phase_config, so each default lives here once.
+
+
+@dataclass(frozen=True)
+class MPSConfig:
+    """Phase 1, MPS (mps.py)."""
+    max_corrections: int = option(3, "teacher interventions per episode (paper: 5 in the text, 3 in its code)")
+    keep_correct_rate: float = option(0.5, "share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)")
+    seed: int = option(0, "seeds the rollouts and the keep-correct draws")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One SFT run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32);
+    config.TRAINING_PRESETS holds the GPU one."""
+    lr: float = option(3e-4, "peak learning rate of AdamW after warmup (CPU default measured: bench/RESULTS.md)")
+    epochs: int = option(3, "passes over the trajectories (paper: 3)")
+    warmup_ratio: float = option(0.1, "share of updates with a linearly rising lr (paper: 0.1)")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay, on every trainable tensor")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm to this before each step")
+    micro_batch_tokens: int = option(1024, "tokens in one packed row = one forward pass (bounds memory)")
+    grad_accum: int = option(2, "rows per optimiser update on each process")
+    max_length: int = option(1024, "longer trajectories are cut at the right; must fit one row")
+    lora: bool | None = option(None, "None = auto: LoRA for students of 1B parameters and more, else full")
+    lora_rank: int = option(64, "LoRA r (DESIGN.md: r = 64 on attention + MLP)")
+    lora_alpha: int = option(128, "LoRA scale alpha (the update is multiplied by alpha / r)")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% slower")
+    bf16: bool = option(True, "autocast matmuls to bf16 on CUDA (ignored on CPU, which trains in fp32)")
+    seed: int = option(0, "orders the documents each epoch and seeds a fresh LoRA adapter")
+    checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)")
+    progress: bool = option(True, "rich progress bar (operational: may change on resume)")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """One RL run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32; 16 episodes an update,
+    about a minute on the 2-core CPU); config.TRAINING_PRESETS holds the GPU one."""
+    lr: float = option(1e-5, "AdamW learning rate, constant (DESIGN.md presets; paper: 7e-7, full fine-tuning of 7B)")
+    group_size: int = option(4, "G: continuations sampled per start state (paper: 16; GPU preset: 8)")
+    prompts_per_update: int = option(4, "start states per update: an update runs G x this many episodes (paper: 128)")
+    epochs: int = option(3, "passes over the start states (paper: 3); ignored when num_updates is set")
+    num_updates: int | None = option(None, "total updates; None = epochs x ceil(start states / prompts_per_update)")
+    advantage: str = option("mean", "'mean': r - group mean | 'grpo': (r - mean) / std | 'rloo': r - mean of "
+                                    "the others")
+    kl_coef: float = option(0.0, "beta of the KL penalty to the starting (SFT) policy; 0 = off (paper: 0)")
+    max_grad_norm: float = option(1.0, "the global gradient norm is clipped to this before each step")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+    rl_start: str = option("prefix", "'prefix': restart before the key step | 'question': bare task (Table 3 ablation)")
+    reward: str = option("keystep", "'keystep': METHOD.md's table | 'outcome': 1 if correct, else 0 (Table 3 ablation)")
+    key_step_judge: str = option("signature", "'signature': compare stored observations | 'teacher': "
+                                              "teacher.equivalent")
+    steps_after_key: int = option(3, "steps a continuation may take after a_k, at least: step limit max(H, k + this)")
+    question_only_rate_hard: float = option(0.5, "chance that a hard episode without key step joins as a question "
+                                                 "start")
+    question_only_rate_other: float = option(0.1, "the same for every other episode without a key step (paper: 0.1)")
+    split: str = option("rl", "the MPS split RL trains on ('' = every record passed in)")
+    temperature: float = option(1.0, "sampling temperature; log-probs are recorded at 1, so only 1 is on-policy")
+    top_p: float = option(1.0, "nucleus mass; only 1 samples from pi itself (on-policy)")
+    lora: bool | None = option(None, "None = auto: LoRA for a LoRA checkpoint or a student of >= 1B parameters")
+    lora_rank: int = option(64, "LoRA r of the fresh RL adapter")
+    lora_alpha: int = option(128, "LoRA scale alpha (the update is multiplied by alpha / r)")
+    micro_batch_tokens: int = option(1024, "padded tokens (rows x longest row) per forward: bounds memory "
+                                           "(bench/RESULTS.md)")
+    head_chunk_tokens: int = option(1024, "supervised positions per LM-head chunk: bounds the (n, V) logits")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% slower")
+    # matmuls of every forward pass (sampling and training) in bf16 over fp32 weights: "auto" = where the
+    # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off by default: on the untrained
+    # 135M student the update ran 1.45x faster but rl/logprob_gap rose from 3e-6 to 1.3-1.6e-2, over
+    # the 1e-2 an on-policy check allows (bench/RESULTS.md, "RL updates: bf16 autocast")
+    autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass: auto | bfloat16 | off")
+    seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
+    checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)")
+    samples_every: int = option(1, "write one group's continuations to samples/ every this many updates")
+    progress: bool = option(True, "rich progress bar")
+
+# ----------------------------------------------------------------------------------------------
+# The loop's options: one Config for every entry point of score.py
+
+
 def arg(default, help_text: str, phase: str | None = "eval", choices: tuple = (), to: str = ""):
     """A config field: its --help text, the first phase whose results it changes ("eval": all of them;
     None: operational, it changes no result and may differ when a run resumes), its allowed values, and
     its name in that phase's own config (`to`, when not the same: rl_lr is RLConfig.lr). --init-from,
     the resume check, --help's groups and each phase's config are derived from these."""
-    return field(default=default, metadata={"help": help_text, "phase": phase, "choices": choices, "to": to})
+    return option(default, help_text, phase=phase, choices=choices, to=to)
 
 
 @dataclass(frozen=True)
@@ -136,19 +220,19 @@ class Config:
     rl_updates: int | None = arg(None, "RL updates in all, overriding --rl-epochs (cpu preset: a few, to fit the "
                                        "budget; cpu-full: none, so each start state is seen rl_epochs times)", "rl",
                                 to="num_updates")
-    advantage: str = arg("mean", "RL advantage: mean (r - group mean), grpo (also / std), rloo (leave-one-out)", "rl",
-                         ("mean", "grpo", "rloo"))
-    kl_coef: float = arg(0.0, "KL penalty to the SFT policy (paper: 0)", "rl")
+    advantage: str = arg(RLConfig.advantage, "RL advantage: mean (r - group mean), grpo (also / std), rloo "
+                                             "(leave-one-out)", "rl", ("mean", "grpo", "rloo"))
+    kl_coef: float = arg(RLConfig.kl_coef, "KL penalty to the SFT policy (paper: 0)", "rl")
     rl_autocast: str = arg(RLConfig.autocast, "RL's forward passes (rollouts and update) in bf16 over fp32 weights: "
                                               "auto (where the CPU or GPU has native bf16), bfloat16, or off "
                                               "(bench/RESULTS.md: faster, but a larger rl/logprob_gap)", "rl",
                            ("off", "auto", "bfloat16"), to="autocast")
-    rl_start: str = arg("prefix", "prefix (restart before the key step) or question (ablation: the bare task)", "rl",
-                        ("prefix", "question"))
-    reward: str = arg("keystep", "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)", "rl",
+    rl_start: str = arg(RLConfig.rl_start, "prefix (restart before the key step) or question (ablation: the bare "
+                                           "task)", "rl", ("prefix", "question"))
+    reward: str = arg(RLConfig.reward, "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)", "rl",
                       ("keystep", "outcome"))
-    key_step_judge: str = arg("signature", "signature (compare stored observations) or teacher (ask the teacher)",
-                              "rl", ("signature", "teacher"))
+    key_step_judge: str = arg(RLConfig.key_step_judge, "signature (compare stored observations) or teacher (ask "
+                                                       "the teacher)", "rl", ("signature", "teacher"))
 
     # Operational: no result depends on these, so they may change when a run resumes
     phases: str = arg(",".join(PHASES), "comma-separated phases to run, in order: " + ",".join(PHASES), None)
@@ -175,15 +259,14 @@ OPERATIONAL = {name for name, f in FIELDS.items() if f.metadata["phase"] is None
 FIRST_PHASE_OF = {name: f.metadata["phase"] for name, f in FIELDS.items() if f.metadata["phase"] is not None}
 CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 
-# SCoRe-SFT continues from the BC weights on ~10 trajectories: the BC lr (3e-4) overfits them and the
+# DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md). The loop's options
+# here; the training loops' own settings per machine kind in TRAINING_PRESETS below. sft_lr: SCoRe-SFT
+# continues from the BC weights on ~10 trajectories, where the BC lr (3e-4) overfits them and the
 # student unlearns (bench/RESULTS.md, "SCoRe-SFT learning rate"), so phase 2 has its own, lower lr.
-SFT_LR_CPU = 3e-5
-
-# DESIGN.md, Presets: starting points, tuned by measurement (bench/RESULTS.md).
 PRESETS = {
     "cpu": dict(n=20, max_steps=6, max_new_tokens=96, max_context_tokens=2048, max_output_chars=400,
                 eval_temperature=0.0, eval_top_p=1.0, eval_batch_size=16, bc_lr=3e-4, bc_epochs=3,
-                sft_lr=SFT_LR_CPU, sft_epochs=3,
+                sft_lr=3e-5, sft_epochs=3,
                 bc_fraction=0.5, rl_epochs=3, rl_updates=5),
     "gpu": dict(n=100, max_steps=8, max_new_tokens=1024, max_context_tokens=8192, max_output_chars=2000,
                 eval_temperature=0.6, eval_top_p=0.95, eval_batch_size=32, bc_lr=1e-4, bc_epochs=3,
@@ -201,6 +284,18 @@ PRESETS = {
 PRESETS["cpu-full"] = dict(PRESETS["cpu"], n=80, n_train=250, bc_fraction=0.16, rl_epochs=2, rl_updates=None)
 SMALL_STUDENTS = {"smol-135m"}
 
+# The training loops' settings per machine kind (hardware()), under the loop's options above: `cpu` is
+# each dataclass's default (SmolLM2-135M, full fine-tuning, fp32); `gpu` is for one 80 GB card (LoRA,
+# bf16): a 7B RL update with these settings peaked at 37 GiB on an H100 (bench/RESULTS.md). BC and
+# SCoRe-SFT share the SFT loop; the options of the phase (bc_lr, sft_lr, ...) are laid over it.
+TRAINING_PRESETS = {
+    "cpu": {"sft": SFTConfig(), "rl": RLConfig(), "mps": MPSConfig()},
+    "gpu": {"sft": SFTConfig(lr=1e-4, micro_batch_tokens=16384, grad_accum=4, max_length=8192,
+                             gradient_checkpointing=True),
+            "rl": RLConfig(group_size=8, prompts_per_update=16, micro_batch_tokens=32768, gradient_checkpointing=True),
+            "mps": MPSConfig()},
+}
+
 
 def hardware(config: Config) -> str:
     """The training presets of sft.py and rl.py are per machine kind: cpu (cpu, cpu-full) or gpu."""
@@ -215,7 +310,6 @@ def resolve(config: Config) -> Config:
         on_gpu = config.device != "cpu" and torch.cuda.is_available()
         preset = "gpu" if on_gpu and config.student not in SMALL_STUDENTS else "cpu"
     if preset not in PRESETS:
-        from runs import ConfigError
         raise ConfigError(f"unknown --preset {config.preset!r}: use auto, {', '.join(PRESETS)}")
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
     if config.n is not None and config.n_train is None:  # an explicit --n sets the training tasks too
@@ -238,9 +332,10 @@ def section(config: Config, phase: str, base):
     return dataclasses.replace(base, seed=config.seed, **{k: v for k, v in values.items() if k in names})
 
 
-def sft_config(config: Config, phase: str = "sft"):
-    """The training settings of phase 0 (bc) or phase 2 (sft): the same loop, its own lr and epochs."""
-    return section(config, phase, SFT_PRESETS[hardware(config)])
+def phase_config(config: Config, phase: str):
+    """The own config of phase bc, mps, sft or rl: its preset for this machine kind with the phase's
+    options laid over it. Phase 0 (bc) and phase 2 (sft) run the same loop, each with its own lr and epochs."""
+    return section(config, phase, TRAINING_PRESETS[hardware(config)]["sft" if phase == "bc" else phase])
 
 
 def load_tasks_for(config: Config, split: str) -> list:
@@ -317,7 +412,6 @@ def reusable_phases(config: Config, source: Path) -> tuple[list[str], list[str]]
 
 def init_from(config: Config, run_dir: Path, console) -> None:
     """Start a new run from another run's finished phases, up to the first phase a changed option affects."""
-    from runs import ConfigError, branch_run
     source = init_source(config)
     if not (source / "config.json").exists():
         raise ConfigError(f"--init-from {config.init_from}: no run there (no {source / 'config.json'})")
@@ -328,7 +422,6 @@ def init_from(config: Config, run_dir: Path, console) -> None:
 
 
 def run_name(config: Config) -> str:
-    from runs import config_hash
     plain = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-") or "model"  # a plain run name
     student = plain(Path(config.student).resolve().name if config.student in (".", "..") else
                     Path(config.student.rstrip("/")).name)
@@ -358,7 +451,6 @@ def world_size() -> int:
 
 def check_config(config: Config) -> None:
     """Options that cannot run as asked end here, before anything is written, with one line."""
-    from runs import ConfigError, check_run_name
     for name, allowed in CHOICES.items():
         value = getattr(config, name)
         if value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
@@ -451,7 +543,6 @@ def needs_teacher(config: Config) -> bool:
 def check_resources(config: Config) -> None:
     """Before any work: the task sets give tasks, the student loads, the teacher answers. Each
     failure is one line (exit 2), found in seconds rather than after minutes of evaluation."""
-    from runs import ConfigError
     from student import check_student, resolve_device
     phases = config.phases.split(",")
     splits = (["test"] if "eval" in phases else []) + (["train"] if {"bc", "mps", "rl"} & set(phases) else [])
@@ -490,16 +581,8 @@ GROUPS = {"eval": "every phase (a change gives a new run)", "bc": "phase 0: BC w
 ALIASES = {"n": ("--tasks-per-set",)}
 
 
-def option_type(f: dataclasses.Field) -> type:
-    """The type a field's value is parsed as: its default's, or the one named in `X | None`."""
-    if f.default is not None:
-        return type(f.default)
-    return float if "float" in str(f.type) else int if "int" in str(f.type) else str
-
-
 def read_config_file(path: str) -> dict:
     """--config FILE: a JSON or YAML mapping of Config fields (`rl_lr` or `rl-lr`), checked like flags."""
-    from runs import ConfigError
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -547,16 +630,8 @@ def parse_args(argv: list[str]) -> Config:
     parser.add_argument("--config", metavar="FILE", help="a JSON or YAML file of options (field: value); flags "
                                                          "given here override it")
     groups = {phase: parser.add_argument_group(title) for phase, title in GROUPS.items()}
-    for f in dataclasses.fields(Config):
-        group, flag_name = groups[f.metadata["phase"]], flag(f.name)
-        choices = f.metadata["choices"]
-        default = "from the preset" if f.default is None else repr(f.default) if f.default == "" else f.default
-        text = f.metadata["help"] + (f" [{' | '.join(choices)}]" if choices else "") + f" (default: {default})"
-        if isinstance(f.default, bool):  # a switch: --split-jsonl
-            group.add_argument(flag_name, action="store_true", default=f.default, help=text.replace("%", "%%"))
-        else:
-            group.add_argument(flag_name, *ALIASES.get(f.name, ()), dest=f.name, type=option_type(f), default=f.default,
-                               metavar=f.name.upper(), help=text.replace("%", "%%"))
+    add_flags(parser, Config, group_of=lambda f: groups[f.metadata["phase"]], aliases=ALIASES,
+              none_means="from the preset")
     if known.config:
         parser.set_defaults(**read_config_file(known.config))
     args = vars(parser.parse_args(argv))
@@ -614,7 +689,7 @@ def budget(config: Config) -> list[tuple[str, str, float | None]]:
     sft_half, rl_half = halves["sft"], halves["rl"]
     mps = sft_half + rl_half
     sft = round(sft_half * SFT_RECORDS_PER_TASK)
-    rl_preset = RL_PRESETS[hardware(config)]
+    rl_preset = TRAINING_PRESETS[hardware(config)]["rl"]
     group = config.group_size or rl_preset.group_size
     starts = max(1, round(rl_half * RL_STARTS_PER_TASK)) if rl_half else 0
     per_epoch = math.ceil(starts / rl_preset.prompts_per_update)
@@ -709,7 +784,6 @@ def check_memory(config: Config, phase: str) -> None:
     need = estimate_cpu_peak_gb(config, phase)
     free = available_memory_gb()
     if need is not None and need > free:
-        from runs import ConfigError
         raise ConfigError(f"{phase} needs about {need:.1f} GB of memory on the CPU but {free:.1f} GB is free: "
                           "close other programs, or use a smaller --student (LoRA is automatic from 1B)")
 
@@ -720,7 +794,6 @@ TEACHER_GB = {"qwen-72b-q4": 47, "qwen-32b-q4": 20, "qwen-7b-q4": 5}  # GGUF siz
 def check_gpu_plan(config: Config) -> None:
     """One GPU cannot hold a 72B teacher next to RL training (DESIGN.md, One GPU): say so at start."""
     import torch
-    from runs import ConfigError
     if not (config.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() == 1):
         return
     needs_teacher_in_rl = "rl" in config.phases and config.key_step_judge == "teacher"

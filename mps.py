@@ -44,14 +44,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from agent import RolloutConfig, Start, Step, Trajectory, derive_seed, replay_codes, rollout
+from config import MPSConfig  # this phase's settings (config.py: every option's one home)
 from teacher import TeacherUnavailable
-
-
-@dataclass(frozen=True)
-class MPSConfig:
-    max_corrections: int = 3  # teacher interventions per episode (paper: 5 in the text, 3 in its code)
-    keep_correct_rate: float = 0.5  # share of correct uncorrected SFT-half episodes kept for SFT (paper: 50%)
-    seed: int = 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ correction of an MPS episode):
      student must find a step like it by itself;
   2. a group of G continuations is sampled (temperature 1, top-p 1), each run until it answers or
      its step budget ends, at step max(H, k + 3) (deviation 3);
-  3. reward (KEY_STEP_REWARDS, the first thing below the config): 1 if the final answer is correct;
+  3. reward (KEY_STEP_REWARDS, below the start states): 1 if the final answer is correct;
      otherwise by the verdict on the first generated step a_k, judged against the teacher's step k
      and the student's original wrong step k: 0.5 if equivalent to the teacher's, 0.1 if neither
      and the continuation answered, 0 for the rest (deviation 2);
@@ -26,18 +26,14 @@ Deviations from the paper, each with its reason:
      stdout, graded final answer) compared with the stored observations of the teacher step and the
      wrong step, not by an LLM call per sample: it is free, deterministic and offline, and the
      teacher is freed before training on one GPU. `key_step_judge="teacher"` asks the teacher.
-  2. Three cells of the reward table differ from METHOD.md's plain one (0.5 / 0 / 0.1 by a_k, and 0
-     for a continuation that never answers); KEY_STEP_REWARDS gives each cell with its reason: a
-     wrong final answer at a_k earns 0, not "neither"'s 0.1; a_k equivalent to the teacher's step
-     earns 0.5 even when the episode then runs out of steps; an unparseable a_k earns 0. k = 1,
-     question starts and reward="outcome" are outcome-only: 1 if correct, else 0.
-  3. Horizon: a key-step continuation may run to step max(H, k + steps_after_key), 3 steps after
-     a_k by default. The paper leaves the episode's H - k + 1 remaining steps, but MPS here gives a
-     fresh budget after each teacher step, so key steps fall at k >= H, where that rule leaves a_k
-     alone and no continuation could ever answer. 3 is the most steps any offline reference
-     solution takes after its first action (lookup's three hops: two more searches and the answer),
-     so a continuation that finds the teacher's path can always finish it; with H = 6, key steps at
-     k <= 3 keep the paper's horizon exactly.
+  2. Three cells of the reward table differ from METHOD.md's plain one (KEY_STEP_REWARDS gives each
+     reason): a wrong final answer at a_k earns 0, not "neither"'s 0.1; a_k equivalent to the
+     teacher's step earns 0.5 even when the episode then runs out of steps; an unparseable a_k
+     earns 0. k = 1, question starts and reward="outcome" are outcome-only: 1 if correct, else 0.
+  3. Horizon max(H, k + steps_after_key), 3 steps after a_k by default, not the paper's H - k + 1
+     remaining steps: MPS gives a fresh budget after each teacher step, so key steps fall at k >= H,
+     where no continuation could answer. 3 is the most steps an offline reference solution takes
+     after its first action (lookup's hops), so finding the teacher's path leaves room to finish it.
   4. Scale (DESIGN.md, Presets): lr 1e-5, G = 4 (CPU) / 8 (GPU), 4 / 16 start states per update;
      the paper used lr 7e-7 (full fine-tuning of 7B), G = 16 and 128 prompts per update on 8 GPUs.
      With LoRA, the SFT adapter is merged first and a fresh adapter is trained, so that "adapter
@@ -57,71 +53,21 @@ import contextlib
 import dataclasses
 import math
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexes, derive_seed, render_ids, rollout
-from environment.graders import is_correct
-from runs import TrainingRun, git_commit, make_console, write_json_atomic
+from config import RLConfig  # this phase's settings (config.py: every option's one home)
+from environment.graders import is_correct, step_signature
+from runs import TrainingRun, git_commit, learned_settings, make_console, write_json_atomic
 from student import Student, masked_token_logprobs
-from training import (Processes, human_line, micro_batches, pad_left, prepare_policy, sample_record, step_from_dict,
-                      update_record)
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    """One RL run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32)."""
-    lr: float = 1e-5  # AdamW learning rate, constant (DESIGN.md presets; paper: 7e-7, full fine-tuning of 7B)
-    group_size: int = 4  # G: continuations sampled per start state (paper: 16; GPU preset: 8)
-    prompts_per_update: int = 4  # start states per update: an update runs G x this many episodes (paper: 128)
-    epochs: int = 3  # passes over the start states (paper: 3); ignored when num_updates is set
-    num_updates: int | None = None  # total updates; None = epochs x ceil(start states / prompts_per_update)
-    advantage: str = "mean"  # "mean": r - group mean | "grpo": (r - mean) / std | "rloo": r - mean of the others
-    kl_coef: float = 0.0  # beta of the KL penalty to the starting (SFT) policy; 0 = off (paper: 0)
-    max_grad_norm: float = 1.0  # the global gradient norm is clipped to this before each step
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    rl_start: str = "prefix"  # "prefix": restart before the key step | "question": bare task (Table 3 ablation)
-    reward: str = "keystep"  # "keystep": METHOD.md's table | "outcome": 1 if correct, else 0 (Table 3 ablation)
-    key_step_judge: str = "signature"  # "signature": compare stored observations | "teacher": teacher.equivalent
-    steps_after_key: int = 3  # steps a continuation may take after a_k, at least: step limit max(H, k + this)
-    question_only_rate_hard: float = 0.5  # chance that a hard episode without key step joins as a question start
-    question_only_rate_other: float = 0.1  # the same for every other episode without a key step (paper: 0.1)
-    split: str = "rl"  # the MPS split RL trains on ("" = every record passed in)
-    temperature: float = 1.0  # sampling temperature; log-probs are recorded at 1, so only 1 is on-policy
-    top_p: float = 1.0  # nucleus mass; only 1 samples from pi itself (on-policy)
-    lora: bool | None = None  # None = auto: LoRA for a LoRA checkpoint or a student of >= 1B parameters
-    lora_rank: int = 64  # LoRA r of the fresh RL adapter
-    lora_alpha: int = 128  # LoRA scale alpha (the update is multiplied by alpha / r)
-    micro_batch_tokens: int = 1024  # padded tokens (rows x longest row) per forward: bounds memory (bench/RESULTS.md)
-    head_chunk_tokens: int = 1024  # supervised positions per LM-head chunk: bounds the (n, V) logits
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    # matmuls of every forward pass (sampling and training) in bf16 over fp32 weights: "auto" = where the
-    # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off by default: on the untrained
-    # 135M student the update ran 1.45x faster but rl/logprob_gap rose from 3e-6 to 1.3-1.6e-2, over
-    # the 1e-2 an on-policy check allows (bench/RESULTS.md, "RL updates: bf16 autocast")
-    autocast: str = "off"
-    seed: int = 0  # orders the start states, seeds every rollout and a fresh LoRA adapter
-    checkpoint_every: int = 5  # updates between resumable checkpoints (metrics lines are written with them)
-    samples_every: int = 1  # write one group's continuations to samples/ every this many updates
-    progress: bool = True  # rich progress bar
-
-
-# Fields that do not change what is learned; they may differ when a run resumes.
-OPERATIONAL = {"checkpoint_every", "samples_every", "progress"}
-
-# DESIGN.md, Presets. `cpu` is the dataclass default; `gpu` is for one 80 GB card (LoRA, bf16): a 7B update
-# with these settings peaked at 37 GiB on an H100 (bench/RESULTS.md).
-RL_PRESETS = {
-    "cpu": RLConfig(),  # 16 episodes an update: about a minute on the 2-core CPU (bench/RESULTS.md)
-    "gpu": RLConfig(group_size=8, prompts_per_update=16, micro_batch_tokens=32768, gradient_checkpointing=True),
-}
+from training import (Processes, human_line, micro_batches, pad_left, prepare_policy, sample_record, start_batches,
+                      step_from_dict, update_record)
 
 
 @dataclass
@@ -225,59 +171,16 @@ def group_rewards(group: Sequence[Trajectory], start: StartState, config: RLConf
 
 
 def same_signature(a: Step, b: Step, grader: str) -> bool:
-    """METHOD: key-step equivalence (deviation 1). Errors match on exception type, printed output after
-    normalise_output, final answers by the task's grader (b's answer as the reference). An empty
-    signature (nothing printed, no error, no answer) matches nothing: two silent steps prove nothing alike."""
+    """METHOD: key-step equivalence (deviation 1), over the steps' signatures (environment/graders.py:
+    what the observation shows). Errors match on exception type, printed output after normalise_output
+    (numbers written one way, whitespace collapsed), final answers by the task's grader (b's answer as
+    the reference). An empty signature (nothing printed, no error, no answer) matches nothing: two
+    silent steps prove nothing alike."""
     sa, sb = step_signature(a), step_signature(b)
     if sa.empty() or sb.empty() or (sa.answer is None) != (sb.answer is None):
         return False
     answers_match = sa.answer is None or is_correct(grader, sa.answer, sb.answer)
     return sa.error_type == sb.error_type and sa.output == sb.output and answers_match
-
-
-# ----------------------------------------------------------------------------------------------
-# METHOD: step signatures, what same_signature compares (deviation 1)
-
-
-# A number as Python prints it, not glued to a word or another number ("x1", "1.2.3" are left alone).
-NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-# The line the sandbox appends when a step raises: "Error: <Type>: <message> (at line ...)".
-ERROR_LINE = re.compile(r"^Error: ([A-Za-z_][\w.]*)", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What a step did, from its stored record: enough to compare two steps run from the same state."""
-    error_type: str | None  # exception type, e.g. "ZeroDivisionError"; None when the step ran cleanly
-    output: str  # normalise_output of what it printed (the error line excluded)
-    answer: str | None  # the argument of final_answer, when it called it
-
-    def empty(self) -> bool:
-        return self.error_type is None and not self.output and self.answer is None
-
-
-def step_signature(step: Step) -> Signature:
-    text, error_type = step.observation, None
-    errors = list(ERROR_LINE.finditer(text)) if step.error else []
-    if errors:  # the sandbox's error line is the last "Error: ..." line; what precedes it was printed
-        error_type, text = errors[-1].group(1), text[:errors[-1].start()]
-    elif step.error:
-        error_type = "Error"  # an error without the sandbox's line (a parse error is judged before this)
-    return Signature(error_type, normalise_output(text), step.final_answer)
-
-
-def normalise_output(text: str) -> str:
-    """The one normalisation of printed output before two steps are compared.
-
-    Numbers are rewritten one way: thousands commas dropped, integral values without decimals
-    ("378.0" -> "378"), others to 10 significant digits (so 0.1 + 0.2 prints like 0.3). Then every
-    run of whitespace becomes one space and the ends are stripped."""
-    return " ".join(NUMBER.sub(_canonical_number, text).split())
-
-
-def _canonical_number(match: re.Match) -> str:
-    value = Fraction(match.group().replace(",", ""))  # exact: "378.0" is 378, "1e+16" an integer
-    return str(value.numerator) if value.denominator == 1 else format(float(value), ".10g")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,20 +260,6 @@ def rollout_groups(student, starts: Sequence[StartState], update_idx: int, confi
     sampling = dataclasses.replace(rollout_config, temperature=config.temperature, top_p=config.top_p)
     flat = rollout(student, episode_starts, sampling, indexes=indexes, sandbox_factory=sandbox_factory)
     return [flat[i * config.group_size:(i + 1) * config.group_size] for i in range(len(starts))]
-
-
-def plan_updates(num_starts: int, config: RLConfig) -> list[list[int]]:
-    """Every update's start states, fixed in advance from the seed (so resuming is exact): each epoch
-    shuffles the starts and cuts them into batches of prompts_per_update (the last may be smaller).
-    With num_updates set, epochs repeat until there are that many updates."""
-    per_epoch = math.ceil(num_starts / config.prompts_per_update)
-    epochs = math.ceil(config.num_updates / per_epoch) if config.num_updates and per_epoch else config.epochs
-    updates = []
-    for epoch in range(epochs if num_starts else 0):
-        order = list(range(num_starts))
-        random.Random(derive_seed(config.seed, "rl", "epoch", epoch)).shuffle(order)
-        updates += [order[i:i + config.prompts_per_update] for i in range(0, num_starts, config.prompts_per_update)]
-    return updates[:config.num_updates] if config.num_updates else updates
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,7 +363,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
 
     # Start states and the whole plan of updates (derived numbers printed with their arithmetic).
     starts = select_start_states(keysteps, tasks_by_id, config, episodes)
-    plan = plan_updates(len(starts), config)
+    plan = start_batches(len(starts), config)  # (updates, <= prompts_per_update) indexes into starts
     per_epoch = math.ceil(len(starts) / config.prompts_per_update) if starts else 0
     sources = {s: sum(x.source == s for x in starts) for s in ("keystep", "question", "question_only")}
     console.print(f"rl: {len(starts)} start states {sources}; ceil({len(starts)} / {config.prompts_per_update}) = "
@@ -494,7 +383,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
     run = TrainingRun("rl", out_dir, metrics_path, len(plan), checkpoint_every=config.checkpoint_every,
                       console=console, progress=config.progress and processes.main, stop_after=stop_after,
                       on_update=on_update, main_process=processes.main, barrier=processes.barrier,
-                      identity={"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL},
+                      identity={"config": learned_settings(config),
                                 "fingerprint": derive_seed([s.key for s in starts], rollout_config.max_steps,
                                                            rollout_config.max_new_tokens,
                                                            rollout_config.max_context_tokens)})

@@ -11,6 +11,7 @@ overwritten), and readers key records by task id.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import hashlib
@@ -40,6 +41,52 @@ DISK_ERRORS = {errno.EACCES: "choose another --runs-dir, or fix its permissions"
                errno.EROFS: "the filesystem is read-only: choose another --runs-dir",
                errno.ENOSPC: "the disk is full: free space, or choose another --runs-dir",
                errno.EDQUOT: "the disk quota is used up: free space, or choose another --runs-dir"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Config dataclasses on the command line: one adapter for score.py's Config and the standalone
+# sft.py and rl.py
+
+
+def option(default, help_text: str, **metadata):
+    """A field of a config dataclass with its --help text (and whatever else its config records)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+def option_type(f: dataclasses.Field):
+    """How a flag's text becomes the field's value: by the default's type, or the one in `X | None`;
+    `bool | None` (lora) reads auto / true / false."""
+    if "bool" in str(f.type) and f.default is None:
+        return lambda text: {"auto": None, "true": True, "false": False}[text.lower()]
+    if f.default is not None:
+        return type(f.default)
+    return float if "float" in str(f.type) else int if "int" in str(f.type) else str
+
+
+def add_flags(parser, config_class, group_of=None, aliases: dict | None = None, none_means: str = "") -> None:
+    """One --flag per field of `config_class` (dashes for underscores), its default the field's. The help
+    is the field's text, its allowed values (metadata "choices") and its default (`none_means` says what
+    a default of None stands for); `group_of(field)` picks the argument group. A boolean with default
+    False is a switch; one with default True has --no-NAME."""
+    for f in dataclasses.fields(config_class):
+        group = group_of(f) if group_of else parser
+        choices = f.metadata.get("choices", ())
+        default = f.default if f.default is not None else none_means or ("auto" if "bool" in str(f.type) else None)
+        default = repr(default) if default == "" else default
+        text = (f.metadata.get("help", "") + (f" [{' | '.join(choices)}]" if choices else "")
+                + f" (default: {default})").replace("%", "%%")
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            group.add_argument(name, dest=f.name, action=action, default=f.default, help=text)
+        else:
+            group.add_argument(name, *(aliases or {}).get(f.name, ()), dest=f.name, type=option_type(f),
+                               default=f.default, metavar=f.name.upper(), help=text)
+
+
+def flag_values(args, config_class) -> dict:
+    """The fields of `config_class` from parsed flags (add_flags), ready for config_class(**...)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
 
 
 def guarded(work, console) -> int:
@@ -238,6 +285,13 @@ def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Resumable training state, shared by sft.py and rl.py
+
+
+def learned_settings(config) -> dict:
+    """A training config (SFTConfig, RLConfig) as TrainingRun's identity: every field that changes what
+    is learned. How often to checkpoint and write samples, and the progress bar, may change on resume."""
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in ("checkpoint_every", "samples_every", "progress")}
 
 
 class TrainingRun:

@@ -31,10 +31,8 @@ from pathlib import Path
 
 import student  # noqa: F401  (first: it sets OpenMP's waiting policy before torch loads; student.py says why)
 from config import (OPERATIONAL, Config, check_gpu_plan, check_memory, check_resources, command_for,
-                    hardware, init_from, init_source, load_tasks_for, mps_splits, parse_args, print_budget, reusable_phases,
-                    rollout_dtype, run_name, section, sft_config, world_size)
-from mps import MPSConfig
-from rl import RL_PRESETS
+                    init_from, init_source, load_tasks_for, mps_splits, parse_args, phase_config, print_budget,
+                    reusable_phases, rollout_dtype, run_name, world_size)
 from report import print_summary, summarise
 from runs import finished_phases, guarded
 
@@ -212,7 +210,7 @@ def phase_bc(config: Config, run_dir: Path, console) -> None:
             mark_phase_done(run_dir, "bc", {"tasks": len(share), "correct": 0, "trained": False, "skipped": reason})
         return
     student = load_student(config.student, config.device, config.dtype, config.threads)
-    summary = train_sft(student, correct, sft_config(config, "bc"), run_dir / "checkpoints" / "bc",
+    summary = train_sft(student, correct, phase_config(config, "bc"), run_dir / "checkpoints" / "bc",
                         run_dir / "metrics.jsonl", label="bc")
     del student
     release_memory()  # the trained weights are on disk; evaluation loads them afresh
@@ -234,7 +232,7 @@ def phase_rl(config: Config, run_dir: Path, console) -> None:
     done = finished_phases(run_dir)
     start = next((str(run_dir / "checkpoints" / p) for p in ("sft", "bc") if done.get(p, {}).get("trained")),
                  config.student)
-    rl_config = section(config, "rl", RL_PRESETS[hardware(config)])
+    rl_config = phase_config(config, "rl")
     usable = [k for k in keysteps if k.get("last") and k.get("split") == "rl"]
     if not usable and config.rl_start == "prefix" and not episodes:
         reason = "0 examples: no key-step record in the RL half"
@@ -310,7 +308,7 @@ def phase_mps(config: Config, run_dir: Path, console) -> None:
                       f"--student {config.student} as it is (an untrained small student finishes almost no "
                       "episode in the agent format)")
     console.print(f"mps: {len(share)} tasks ({len(done)} already done), student {student_path}")
-    mps_config = section(config, "mps", MPSConfig())
+    mps_config = phase_config(config, "mps")
     if todo:
         student = load_student(student_path, config.device, rollout_dtype(config), config.threads)
         teacher = open_teacher(config, run_dir, tasks, console)
@@ -366,7 +364,7 @@ def phase_sft(config: Config, run_dir: Path, console) -> None:
     trained_bc = finished_phases(run_dir).get("bc", {}).get("trained")
     start = str(run_dir / "checkpoints" / "bc") if trained_bc else config.student
     student = load_student(start, config.device, config.dtype, config.threads)
-    summary = train_sft(student, records, sft_config(config), run_dir / "checkpoints" / "sft",
+    summary = train_sft(student, records, phase_config(config, "sft"), run_dir / "checkpoints" / "sft",
                         run_dir / "metrics.jsonl", label="sft")
     del student
     release_memory()

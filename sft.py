@@ -52,40 +52,9 @@ from typing import Callable, Sequence
 import torch
 
 from agent import Trajectory, derive_seed, render_ids
-from runs import TrainingRun, git_commit, make_console
+from config import SFTConfig  # this phase's settings (config.py: every option's one home)
+from runs import TrainingRun, git_commit, learned_settings, make_console
 from training import RowLogprobs, cast_parameters, prepare_model
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """One SFT run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32)."""
-    lr: float = 3e-4  # peak learning rate of AdamW after warmup (CPU default measured: bench/RESULTS.md)
-    epochs: int = 3  # passes over the trajectories (paper: 3)
-    warmup_ratio: float = 0.1  # share of updates with a linearly rising lr (paper: 0.1)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay, on every trainable tensor
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this before each step
-    micro_batch_tokens: int = 1024  # tokens in one packed row = one forward pass (bounds memory)
-    grad_accum: int = 2  # rows per optimiser update on each process
-    max_length: int = 1024  # longer trajectories are cut at the right; must fit one row
-    lora: bool | None = None  # None = auto: LoRA for students of 1B parameters and more, else full
-    lora_rank: int = 64  # LoRA r (DESIGN.md: r = 64 on attention + MLP)
-    lora_alpha: int = 128  # LoRA scale alpha (the update is multiplied by alpha / r)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    bf16: bool = True  # autocast matmuls to bf16 on CUDA (ignored on CPU, which trains in fp32)
-    seed: int = 0  # orders the documents each epoch and seeds a fresh LoRA adapter
-    checkpoint_every: int = 10  # updates between resumable checkpoints (one is also written at the end)
-    progress: bool = True  # rich progress bar (operational: may change on resume)
-
-
-# Fields that do not change what is learned; they may differ when a run resumes.
-OPERATIONAL = {"checkpoint_every", "progress"}
-
-# DESIGN.md, Presets. `cpu` is the dataclass default; `gpu` is for one 80 GB card (LoRA, bf16).
-SFT_PRESETS = {
-    "cpu": SFTConfig(),
-    "gpu": SFTConfig(lr=1e-4, micro_batch_tokens=16384, grad_accum=4, max_length=8192,
-                     gradient_checkpointing=True),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +266,7 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     # 3. Resume: the last checkpoint of the same data and settings, if there is one.
     run = TrainingRun(label, out_dir, metrics_path, num_updates, checkpoint_every=config.checkpoint_every,
                       console=console, progress=config.progress, stop_after=stop_after, on_update=on_update,
-                      identity={"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL},
+                      identity={"config": learned_settings(config),
                                 "fingerprint": derive_seed([e.ids for e in examples], [e.mask for e in examples]),
                                 "world_size": world},
                       record={"label": label}, main_process=accelerator.is_main_process,

@@ -7,6 +7,7 @@ this module holds what goes around it, so that each loop reads as its method:
     (prepare_policy), the compute dtype of RL's forward passes (autocast_dtype);
   - forward passes: SFT's packed row as a module for accelerate (RowLogprobs), RL's left-padded
     micro-batches (micro_batches, pad_left);
+  - RL's schedule: which start states each update samples from (start_batches);
   - several processes: RL's data parallel over `accelerate launch` (Processes); SFT leaves it to
     accelerate's Accelerator, whose DDP averages gradients where RL sums them;
   - records: RL's metrics line, console line and samples, and key-step records back into steps;
@@ -17,18 +18,17 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import inspect
 import json
 import math
 import os
-import re
+import random
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from agent import Step, Trajectory
+from agent import Step, Trajectory, derive_seed
 from student import Student, cpu_has_native_bf16, masked_token_logprobs
 
 if TYPE_CHECKING:  # annotations only: rl.py imports this module
@@ -227,6 +227,24 @@ class Processes:
 
 
 # ----------------------------------------------------------------------------------------------
+# RL's schedule
+
+
+def start_batches(num_starts: int, config: RLConfig) -> list[list[int]]:
+    """Every RL update's start states, fixed in advance from the seed (so resuming is exact): each
+    epoch shuffles the starts and cuts them into batches of prompts_per_update (the last may be
+    smaller). With num_updates set, epochs repeat until there are that many updates."""
+    per_epoch = math.ceil(num_starts / config.prompts_per_update)
+    epochs = math.ceil(config.num_updates / per_epoch) if config.num_updates and per_epoch else config.epochs
+    updates = []
+    for epoch in range(epochs if num_starts else 0):
+        order = list(range(num_starts))
+        random.Random(derive_seed(config.seed, "rl", "epoch", epoch)).shuffle(order)
+        updates += [order[i:i + config.prompts_per_update] for i in range(0, num_starts, config.prompts_per_update)]
+    return updates[:config.num_updates] if config.num_updates else updates
+
+
+# ----------------------------------------------------------------------------------------------
 # Records: RL's metrics line, console line and samples; key-step records back into steps
 
 
@@ -312,7 +330,7 @@ def step_from_dict(record: dict) -> Step:
 
 def sft_main(argv: list[str] | None = None) -> int:
     """`python sft.py`: SFT on a JSONL file of trajectories."""
-    from runs import read_jsonl
+    from runs import add_flags, flag_values, read_jsonl
     from sft import SFTConfig, train_sft
     from student import load_student
     parser = argparse.ArgumentParser(description="Hand-written SFT on agent trajectories (one JSON record per line).")
@@ -321,9 +339,9 @@ def sft_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (resumable; the final model in HF format)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    add_config_flags(parser, SFTConfig)
+    add_flags(parser, SFTConfig)  # --help from the config: each field's text and default
     args = parser.parse_args(argv)
-    config = config_from_flags(args, SFTConfig)
+    config = SFTConfig(**flag_values(args, SFTConfig))
     trajectories = [Trajectory.from_dict(r) for r in read_jsonl(Path(args.trajectories))]
     student = load_student(args.student, device=args.device, threads=args.threads)
     out = Path(args.out)
@@ -336,7 +354,7 @@ def rl_main(argv: list[str] | None = None) -> int:
     from agent import RolloutConfig
     from environment.tasks import load_tasks
     from rl import RLConfig, train_rl
-    from runs import read_jsonl
+    from runs import add_flags, flag_values, read_jsonl
     from student import load_student
     parser = argparse.ArgumentParser(description="SCoRe-RL: prefix-restart REINFORCE from key-step records.")
     parser.add_argument("--keysteps", required=True, help="keysteps.jsonl written by the MPS phase")
@@ -350,9 +368,9 @@ def rl_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=RolloutConfig.max_new_tokens)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    add_config_flags(parser, RLConfig)  # --help from the config: each field's comment and default
+    add_flags(parser, RLConfig)  # --help from the config: each field's text and default
     args = parser.parse_args(argv)
-    config = config_from_flags(args, RLConfig)
+    config = RLConfig(**flag_values(args, RLConfig))
     tasks = {t.id: t for name in args.tasks.split(",") for t in load_tasks(name.strip(), "train", None, args.task_seed)}
     teacher = None
     if config.key_step_judge == "teacher":
@@ -366,23 +384,3 @@ def rl_main(argv: list[str] | None = None) -> int:
                                                                      max_new_tokens=args.max_new_tokens))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
-
-
-def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One --flag per field of a config dataclass; its help is the field's one-line comment in the
-    class's source, and its default."""
-    comments = dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE))
-    for f in dataclasses.fields(config_class):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"))
-
-
-def config_from_flags(args: argparse.Namespace, config_class):
-    """The config with the fields given as flags; booleans are "true" / "false", lora also "auto" (None)."""
-    def parse(f: dataclasses.Field, value: str):
-        if f.name == "lora":
-            return {"auto": None, "true": True, "false": False}[value.lower()]
-        return value.lower() == "true" if str(f.type) == "bool" else value
-    return config_class(**{f.name: parse(f, getattr(args, f.name)) for f in dataclasses.fields(config_class)
-                           if getattr(args, f.name) is not None})

@@ -16,6 +16,10 @@ values ("378.0" for 378) without being so lenient that a wrong answer passes.
     choice   multiple choice: the one option letter the prediction names ("B", "(b)", "B. Paris",
              "Answer: B", "the answer is (B)") against the reference letter. Score 0 or 1.
 
+Last, step signatures (step_signature, normalise_output): what one agent step did, read from its
+stored observation (exception type, printed output with numbers written one way, final answer), by
+which RL judges two steps run from the same state equivalent (rl.same_signature).
+
 Graders are total and fast: a missing (None) or empty prediction scores 0 under every grader, and
 `grade` never raises for a prediction, whatever the model wrote (a string of up to 1 MB is graded in
 well under a second: digits and exponents are bounded before any exact arithmetic, and math-verify
@@ -46,6 +50,7 @@ import string
 import threading
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
 
 # The grader names a Task may carry.
@@ -343,3 +348,50 @@ def is_correct(grader: str, prediction: str | None, reference: str) -> bool:
     """Correct / wrong, as MPS and RL need it: F1 >= 0.8 for "f1", a full score otherwise."""
     score = grade(grader, prediction, reference)
     return score >= F1_CORRECT if grader == "f1" else score == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step signatures: what a step did, read from its stored observation. RL's key-step equivalence
+# (rl.same_signature, deviation 1) compares two steps run from the same state by these.
+# ---------------------------------------------------------------------------------------------------
+
+# A number as Python prints it, not glued to a word or another number ("x1", "1.2.3" are left alone).
+NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+# The line the sandbox appends when a step raises: "Error: <Type>: <message> (at line ...)".
+ERROR_LINE = re.compile(r"^Error: ([A-Za-z_][\w.]*)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a step did, from its stored record: enough to compare two steps run from the same state."""
+    error_type: str | None  # exception type, e.g. "ZeroDivisionError"; None when the step ran cleanly
+    output: str  # normalise_output of what it printed (the error line excluded)
+    answer: str | None  # the argument of final_answer, when it called it
+
+    def empty(self) -> bool:
+        return self.error_type is None and not self.output and self.answer is None
+
+
+def step_signature(step) -> Signature:
+    """The signature of an agent.Step, from its observation, error flag and final answer."""
+    text, error_type = step.observation, None
+    errors = list(ERROR_LINE.finditer(text)) if step.error else []
+    if errors:  # the sandbox's error line is the last "Error: ..." line; what precedes it was printed
+        error_type, text = errors[-1].group(1), text[:errors[-1].start()]
+    elif step.error:
+        error_type = "Error"  # an error without the sandbox's line (a parse error is judged before this)
+    return Signature(error_type, normalise_output(text), step.final_answer)
+
+
+def normalise_output(text: str) -> str:
+    """The one normalisation of printed output before two steps are compared.
+
+    Numbers are rewritten one way: thousands commas dropped, integral values without decimals
+    ("378.0" -> "378"), others to 10 significant digits (so 0.1 + 0.2 prints like 0.3). Then every
+    run of whitespace becomes one space and the ends are stripped."""
+    return " ".join(NUMBER.sub(_canonical_number, text).split())
+
+
+def _canonical_number(match: re.Match) -> str:
+    value = Fraction(match.group().replace(",", ""))  # exact: "378.0" is 378, "1e+16" an integer
+    return str(value.numerator) if value.denominator == 1 else format(float(value), ".10g")

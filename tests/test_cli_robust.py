@@ -211,3 +211,37 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path, capsys):
         yaml_file.write_text(text)
         fails_with_one_line(["--config", str(yaml_file)], tmp_path / "runs", capsys, needle)
     fails_with_one_line(["--config", str(tmp_path / "missing.yaml")], tmp_path / "runs", capsys, "cannot read it")
+
+
+def test_the_standalone_sft_and_rl_commands_take_their_flags_from_the_same_adapter():
+    """`python rl.py` and `python sft.py` get one flag per field of RLConfig / SFTConfig from the adapter
+    that builds score.py's (runs.add_flags): each with its help text and default; no flag gives the
+    defaults back, and booleans, `lora` (auto / true / false) and numbers parse to the field's type."""
+    import argparse
+    import dataclasses
+    import subprocess
+    import sys
+    from rl import RLConfig
+    from runs import add_flags, flag_values
+    from sft import SFTConfig
+    for config_class in (RLConfig, SFTConfig):
+        parser = argparse.ArgumentParser()
+        add_flags(parser, config_class)
+        assert config_class(**flag_values(parser.parse_args([]), config_class)) == config_class()
+        text = "".join(parser.format_help().split())  # without the help formatter's line breaks
+        for f in dataclasses.fields(config_class):
+            assert "--" + f.name.replace("_", "-") in text and "".join(f.metadata["help"].split()) in text, f.name
+    parser = argparse.ArgumentParser()
+    add_flags(parser, RLConfig)
+    args = parser.parse_args(["--lr", "2e-5", "--lora", "true", "--no-progress", "--gradient-checkpointing",
+                              "--num-updates", "3", "--advantage", "rloo"])
+    assert RLConfig(**flag_values(args, RLConfig)) == dataclasses.replace(
+        RLConfig(), lr=2e-5, lora=True, progress=False, gradient_checkpointing=True, num_updates=3, advantage="rloo")
+    assert RLConfig(**flag_values(parser.parse_args(["--lora", "auto"]), RLConfig)).lora is None
+    parser = argparse.ArgumentParser()
+    add_flags(parser, SFTConfig)
+    assert SFTConfig(**flag_values(parser.parse_args(["--no-bf16", "--epochs", "2"]), SFTConfig)) == \
+        dataclasses.replace(SFTConfig(), bf16=False, epochs=2)
+    for script in ("rl.py", "sft.py"):
+        shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0 and "--learning" not in shown.stdout and "--lr LR" in shown.stdout, shown.stderr

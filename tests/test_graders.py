@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from environment.graders import (exact_match, grade, is_correct, normalize_answer, numbers_equal,
-                           parse_number, token_f1)
+from environment.graders import (exact_match, grade, is_correct, normalise_output, normalize_answer,
+                                 numbers_equal, parse_number, token_f1)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -276,3 +276,15 @@ def test_a_megabyte_answer_is_graded_within_a_second(prediction):
     for grader in ("numeric", "math", "f1", "exact", "choice"):
         score, seconds = _timed_grade(grader, prediction, "12")
         assert 0.0 <= score <= 1.0 and seconds < 1.0, (grader, seconds)
+
+
+def test_normalise_output():
+    """The one normalisation behind key-step equivalence. If it broke, the same printed value would
+    count as a different step ("42.0" vs "42") and earn 0.1 instead of 0.5 or 0."""
+    assert normalise_output("  42.0 \n") == normalise_output("42") == "42"
+    assert normalise_output("total:\t1,234.50  dollars") == "total: 1234.5 dollars"
+    assert normalise_output(str(0.1 + 0.2)) == normalise_output("0.3") == "0.3"
+    assert normalise_output("1e+16") == "10000000000000000"
+    assert normalise_output("x1 = 12.5\n\n y = 3") == "x1 = 12.5 y = 3"
+    assert normalise_output("version 1.2.3") == "version 1.2.3"  # not a number: left alone
+    assert normalise_output("12") != normalise_output("12.1")

@@ -137,7 +137,7 @@ def test_kill_9_during_sft_then_resume_finishes_from_the_checkpoint(tiny_dir, tm
     enough of them for about 16 updates, so the kill lands mid-phase."""
     import torch
     from agent import Trajectory
-    from config import parse_args, sft_config
+    from config import parse_args, phase_config
     from sft import train_sft
     from student import load_student
     run = tmp_path / "r"
@@ -177,7 +177,7 @@ def test_kill_9_during_sft_then_resume_finishes_from_the_checkpoint(tiny_dir, tm
     bc_weights = {n: p.clone() for n, p in reference.model.named_parameters()}
     config = parse_args(args)
     train_sft(reference, [Trajectory.from_dict(r) for r in seeded],
-              dataclasses.replace(sft_config(config), progress=False), tmp_path / "uninterrupted",
+              dataclasses.replace(phase_config(config, "sft"), progress=False), tmp_path / "uninterrupted",
               tmp_path / "uninterrupted" / "metrics.jsonl", label="sft")
     got, want = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
     assert set(got) == set(want)

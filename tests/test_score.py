@@ -8,7 +8,7 @@ import pytest
 import report
 import score
 from config import (KEY_STEPS_PER_TASK, reusable_phases, run_name, KNOWLEDGE, OPERATIONAL, PHASES, RL_STARTS_PER_TASK, Config, budget, hardware,
-                    load_tasks_for, parse_args, print_budget, sft_config)
+                    load_tasks_for, parse_args, phase_config, print_budget)
 from runs import read_jsonl
 
 
@@ -186,7 +186,7 @@ def test_cpu_full_preset_is_the_cpu_preset_scaled_up():
     assert (quick.preset, quick.n, quick.n_train, quick.rl_epochs, quick.rl_updates) == ("cpu", 20, None, 3, 5)
     assert (full.n, full.n_train, full.bc_fraction, full.rl_epochs, full.rl_updates) == (80, 250, 0.16, 2, None)
     assert hardware(full) == "cpu" and full.max_steps == quick.max_steps
-    assert sft_config(full) == sft_config(quick)  # the same training presets, more data
+    assert phase_config(full, "sft") == phase_config(quick, "sft")  # the same training presets, more data
     small = parse_args(["--preset", "cpu-full", "--n", "5"])  # an explicit --n wins, for training too
     assert small.n == 5 and small.n_train is None
     assert {t.id for t in load_tasks_for(small, "train")} != set()
@@ -200,7 +200,8 @@ def test_cpu_full_gives_rl_enough_key_steps_in_two_hours():
     hash split really makes of the training tasks, for each of three seeds."""
     import collections
     from mps import assign_split
-    from rl import RL_PRESETS, plan_updates
+    from config import TRAINING_PRESETS
+    from training import start_batches
     for seed in (0, 1, 2):
         full = parse_args(["--preset", "cpu-full", "--seed", str(seed)])
         train, test = load_tasks_for(full, "train"), load_tasks_for(full, "test")
@@ -209,8 +210,8 @@ def test_cpu_full_gives_rl_enough_key_steps_in_two_hours():
         assert 60 <= splits["bc"] <= 100  # the BC warm start keeps the size it had at n = 80 (79 trajectories)
         assert splits["rl"] * KEY_STEPS_PER_TASK >= 70  # ~73 expected: 60 with a margin
     starts = round(splits["rl"] * RL_STARTS_PER_TASK)  # key steps and question-only starts
-    plan = plan_updates(starts, dataclasses.replace(RL_PRESETS["cpu"], epochs=full.rl_epochs,
-                                                    num_updates=full.rl_updates))
+    plan = start_batches(starts, dataclasses.replace(TRAINING_PRESETS["cpu"]["rl"], epochs=full.rl_epochs,
+                                                     num_updates=full.rl_updates))
     seen = collections.Counter(i for update in plan for i in update)
     assert len(seen) == starts and set(seen.values()) == {2}  # every start state, twice
     minutes = lambda config: sum(m for _, _, m in budget(config))
