@@ -48,6 +48,7 @@ KNOWLEDGE = 0.25
 # Each phase's own settings: the dataclasses that mps.py, sft.py (BC and SCoRe-SFT) and rl.py take.
 # Their defaults are the CPU preset; TRAINING_PRESETS below holds the GPU one. The loop's options
 # (Config, after these) reach them through `to` and phase_config, so each default lives here once.
+# `operational=True` marks a field that changes nothing learned: it may differ when a run resumes.
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ class SFTConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% slower")
     bf16: bool = option(True, "autocast matmuls to bf16 on CUDA (ignored on CPU, which trains in fp32)")
     seed: int = option(0, "orders the documents each epoch and seeds a fresh LoRA adapter")
-    checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)")
-    progress: bool = option(True, "rich progress bar (operational: may change on resume)")
+    checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)",
+                                   operational=True)
+    progress: bool = option(True, "rich progress bar", operational=True)
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,12 @@ class RLConfig:
     # the 1e-2 an on-policy check allows (bench/RESULTS.md, "RL updates: bf16 autocast")
     autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass: auto | bfloat16 | off")
     seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
-    checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)")
-    samples_every: int = option(1, "write one group's continuations to samples/ every this many updates")
-    progress: bool = option(True, "rich progress bar")
+    checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)",
+                                   operational=True)
+    samples_every: int = option(1, "write one group's continuations to samples/ every this many updates",
+                                operational=True)
+    progress: bool = option(True, "rich progress bar", operational=True)
+
 
 # ----------------------------------------------------------------------------------------------
 # The loop's options: one Config for every entry point of score.py

@@ -289,9 +289,9 @@ def mark_phase_done(run_dir: Path, phase: str, counts: dict) -> None:
 
 def learned_settings(config) -> dict:
     """A training config (SFTConfig, RLConfig) as TrainingRun's identity: every field that changes what
-    is learned. How often to checkpoint and write samples, and the progress bar, may change on resume."""
-    return {k: v for k, v in dataclasses.asdict(config).items()
-            if k not in ("checkpoint_every", "samples_every", "progress")}
+    is learned, i.e. all but those marked operational (how often to checkpoint, the progress bar)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if not f.metadata.get("operational")}
 
 
 class TrainingRun:

@@ -245,3 +245,18 @@ def test_the_standalone_sft_and_rl_commands_take_their_flags_from_the_same_adapt
     for script in ("rl.py", "sft.py"):
         shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
         assert shown.returncode == 0 and "--learning" not in shown.stdout and "--lr LR" in shown.stdout, shown.stderr
+
+
+def test_a_training_run_is_identified_by_what_it_learns():
+    """TrainingRun's identity (runs.learned_settings) is every field but the ones marked operational:
+    how often to checkpoint and write samples, and the progress bar, may change when a run resumes."""
+    import dataclasses
+    from rl import RLConfig
+    from runs import learned_settings
+    from sft import SFTConfig
+    for config_class, operational in ((RLConfig, {"checkpoint_every", "samples_every", "progress"}),
+                                      (SFTConfig, {"checkpoint_every", "progress"})):
+        names = {f.name for f in dataclasses.fields(config_class)}
+        assert set(learned_settings(config_class())) == names - operational
+        assert learned_settings(config_class(progress=False)) == learned_settings(config_class())
+        assert learned_settings(config_class(seed=1)) != learned_settings(config_class())
