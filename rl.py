@@ -65,9 +65,9 @@ from agent import Rendered, RolloutConfig, Start, Step, Trajectory, build_indexe
 from config import RLConfig  # this phase's settings (config.py: every option's one home)
 from environment.graders import is_correct, step_signature
 from runs import TrainingRun, git_commit, learned_settings, make_console, write_json_atomic
-from student import Student, masked_token_logprobs
-from training import (Processes, human_line, micro_batches, pad_left, prepare_policy, sample_record, start_batches,
-                      step_from_dict, update_record)
+from student import Student
+from training import (Processes, human_line, prepare_policy, rows_logprobs, sample_record, start_batches,
+                      step_from_dict, update_batches, update_record)
 
 
 @dataclass
@@ -312,10 +312,8 @@ def micro_batch_loss(student: Student, rows: Sequence[TrainRow], num_tokens: int
     `reference` (a frozen copy, full fine-tuning) or, when None, this model with its LoRA adapter
     disabled. Returns (the loss term, {"loss": its value, "kl": its sum of k3, "logprob_gap": its sum of
     |log pi at sampling - log pi here|}), numbers the update adds up over its micro-batches."""
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)  # (b, T) each
     with student.compute():  # the sampler's compute dtype: the log-probs it recorded are these
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions,
-                                         config.head_chunk_tokens)  # (n,) log pi(y_it)
+        logprobs = rows_logprobs(student, rows, config)  # (n,) log pi(y_it)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))],
                               device=logprobs.device)  # (n,) A_i repeated over its tokens
     loss = -(advantages * logprobs).sum() / num_tokens  # the policy-gradient term, over the update's N
@@ -324,8 +322,7 @@ def micro_batch_loss(student: Student, rows: Sequence[TrainRow], num_tokens: int
         scorer = reference or student
         adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
         with torch.no_grad(), adapter_off, scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions,
-                                                 config.head_chunk_tokens)  # (n,) log pi_ref(y_it)
+            ref_logprobs = rows_logprobs(scorer, rows, config)  # (n,) log pi_ref(y_it)
         delta = ref_logprobs - logprobs  # q - p
         k3 = torch.exp(delta) - delta - 1  # (n,) >= 0, and 0 where pi = pi_ref
         loss = loss + config.kl_coef * k3.sum() / num_tokens
@@ -416,7 +413,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             if num_tokens:
                 student.model.train()
                 optimizer.zero_grad(set_to_none=True)
-                for micro in micro_batches(rows, config.micro_batch_tokens):  # bounded padded tokens per forward
+                for micro in update_batches(rows, config):  # bounded tokens per forward
                     # forward, and this micro-batch's share of L (with the update's N)
                     loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
                     loss.backward()  # the shares' gradients add up to dL

@@ -617,7 +617,13 @@ def masked_token_logprobs(model, input_ids: torch.Tensor, loss_mask: torch.Tenso
                                      use_cache=False).last_hidden_state  # (B, T, H)
     predicts = loss_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1, which is supervised
     hidden, targets = hidden[:, :-1][predicts], input_ids[:, 1:][predicts]  # (n, H), (n,)
-    head = causal_lm.get_output_embeddings()
+    return chunked_token_logprobs(causal_lm.get_output_embeddings(), hidden, targets, chunk_tokens)
+
+
+def chunked_token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                           chunk_tokens: int | None) -> torch.Tensor:
+    """token_logprobs over (n, H) hidden states, `chunk_tokens` positions at a time (None: all at once);
+    with gradients on, each chunk is checkpointed: its (chunk, V) logits are recomputed in backward."""
     if chunk_tokens is None:
         return token_logprobs(head, hidden, targets)
     from torch.utils.checkpoint import checkpoint
@@ -626,6 +632,48 @@ def masked_token_logprobs(model, input_ids: torch.Tensor, loss_mask: torch.Tenso
               else token_logprobs(head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens])
               for s in range(0, targets.shape[0], chunk_tokens)]
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def shared_context_logprobs(model, context: Sequence[int], tails: Sequence[Sequence[int]],
+                            tail_masks: Sequence[Sequence[int]], chunk_tokens: int | None = None) -> torch.Tensor:
+    """masked_token_logprobs of B rows that all begin with the same `context`, with the context run once.
+
+        row i = context (S tokens, the same in every row) + tail_i (W_i tokens), supervised only in tails
+        keys/values of the context: one (1, S) forward, expanded to the B rows;
+        tails: one (B, max W_i) right-padded forward that attends to those keys/values, positions S, S+1, ...
+
+    A group's G continuations share the system prompt, the task and the verified prefix, so in an RL
+    update this runs S + sum W_i tokens instead of G * (S + max W_i). It changes no number beyond
+    float rounding: a token's keys and values depend only on the tokens before it, and the backward
+    of the expand sums the B rows' gradients into the one context forward, as the B padded forwards
+    would each have added theirs. Right padding needs no care: a causal mask never lets a real token
+    see the pad tokens after it. -> (n,) fp32, row by row, left to right (masked_token_logprobs' order).
+    PLUMBING: keys/values pass through a DynamicCache, so gradient checkpointing (which recomputes
+    layers, writing them to the cache twice) must be off; callers fall back to masked_token_logprobs."""
+    from transformers import DynamicCache
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, device = causal_lm.get_decoder(), next(causal_lm.parameters()).device
+    num_rows, width, size = len(tails), max(len(t) for t in tails), len(context)
+    cache = DynamicCache()
+    context_out = decoder(input_ids=torch.tensor([list(context)], device=device), past_key_values=cache,
+                          use_cache=True)
+    rows_cache = DynamicCache()  # the context's keys/values, one view per row (no copy until the tails' cat)
+    for layer, kept in enumerate(cache.layers):
+        rows_cache.update(kept.keys.expand(num_rows, -1, -1, -1), kept.values.expand(num_rows, -1, -1, -1), layer)
+    ids = torch.zeros((num_rows, width), dtype=torch.long)  # pad with any id: nothing real attends to it
+    attention = torch.zeros((num_rows, size + width), dtype=torch.long)
+    mask = torch.zeros((num_rows, width), dtype=torch.bool)
+    for i, (tail, tail_mask) in enumerate(zip(tails, tail_masks)):
+        ids[i, :len(tail)] = torch.tensor(list(tail))
+        attention[i, :size + len(tail)] = 1
+        mask[i, :len(tail)] = torch.tensor(list(tail_mask), dtype=torch.bool)
+    positions = torch.arange(size, size + width).expand(num_rows, -1)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                     past_key_values=rows_cache, use_cache=True).last_hidden_state  # (B, W, H)
+    # Tail token j is predicted by the position before it: the context's last one for j = 0.
+    before = torch.cat([context_out.last_hidden_state[:, -1:].expand(num_rows, -1, -1), hidden[:, :-1]], dim=1)
+    mask = mask.to(device)
+    return chunked_token_logprobs(causal_lm.get_output_embeddings(), before[mask], ids.to(device)[mask], chunk_tokens)
 
 
 def load_student(name: str = "smol-135m", device: str = "auto", dtype: str = "auto",

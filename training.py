@@ -5,8 +5,9 @@ sft.py and rl.py hold the method (masks, losses, rewards, advantages and the loo
 this module holds what goes around it, so that each loop reads as its method:
   - the model to train: LoRA or full fine-tuning (prepare_model), RL's policy and KL reference
     (prepare_policy), the compute dtype of RL's forward passes (autocast_dtype);
-  - forward passes: SFT's packed row as a module for accelerate (RowLogprobs), RL's left-padded
-    micro-batches (micro_batches, pad_left);
+  - forward passes: SFT's packed row as a module for accelerate (RowLogprobs), RL's micro-batches:
+    a group's rows with their shared context run once (context_batches), or left-padded whole
+    (micro_batches, pad_left);
   - RL's schedule: which start states each update samples from (start_batches);
   - several processes: RL's data parallel over `accelerate launch` (Processes); SFT leaves it to
     accelerate's Accelerator, whose DDP averages gradients where RL sums them;
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from agent import Step, Trajectory, derive_seed
-from student import Student, cpu_has_native_bf16, masked_token_logprobs
+from student import Student, cpu_has_native_bf16, masked_token_logprobs, shared_context_logprobs
 
 if TYPE_CHECKING:  # annotations only: rl.py imports this module
     from rl import Reward, RLConfig, StartState, TrainRow
@@ -149,6 +150,55 @@ def micro_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[TrainR
             batches[-1].append(row)
         else:
             batches.append([row])
+    return batches
+
+
+def update_batches(rows: Sequence[TrainRow], config: RLConfig) -> list[list[TrainRow]]:
+    """RL's micro-batches: by shared context (config.share_context; not with gradient checkpointing,
+    see shared_context_logprobs) or by length alone; each bounded by config.micro_batch_tokens."""
+    if config.share_context and not config.gradient_checkpointing:
+        return context_batches(rows, config.micro_batch_tokens)
+    return micro_batches(rows, config.micro_batch_tokens)
+
+
+def rows_logprobs(scorer: Student, rows: Sequence[TrainRow], config: RLConfig) -> torch.Tensor:
+    """log pi(y_it) under `scorer` of every supervised token of `rows`, row by row, left to right -> (n,).
+
+    Rows that begin with the same context (update_batches puts a group's rows together) run it once
+    (shared_context_logprobs); other rows are left-padded whole (masked_token_logprobs). Both give
+    the same numbers up to float rounding."""
+    size = context_length(rows[0])
+    if (config.share_context and not config.gradient_checkpointing and len(rows) > 1
+            and all(r.ids[:size] == rows[0].ids[:size] and context_length(r) == size for r in rows)):
+        return shared_context_logprobs(scorer.model, rows[0].ids[:size], [r.ids[size:] for r in rows],
+                                       [r.mask[size:] for r in rows], config.head_chunk_tokens)
+    ids, attention, positions, mask = pad_left(rows, scorer.pad_id, scorer.device)  # (b, T) each
+    return masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+
+
+def context_length(row: TrainRow) -> int:
+    """Tokens before the row's first supervised one: its prompt and the verified prefix (RL's context)."""
+    return row.mask.index(1)
+
+
+def context_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[TrainRow]]:
+    """Micro-batches of rows that begin with the same context (a group's continuations of one start
+    state), for shared_context_logprobs: within a context, rows sorted by length and grouped while
+    context + rows x longest tail <= max_tokens (the tokens one forward runs); a row that does not
+    fit goes alone. Contexts keep the order they first appear in."""
+    by_context: dict[tuple[int, ...], list[TrainRow]] = {}
+    for row in rows:
+        by_context.setdefault(tuple(row.ids[:context_length(row)]), []).append(row)
+    batches: list[list[TrainRow]] = []
+    for context, members in by_context.items():
+        batch: list[TrainRow] = []
+        for row in sorted(members, key=lambda r: len(r.ids), reverse=True):
+            longest_tail = len(batch[0].ids) - len(context) if batch else 0
+            if batch and len(context) + (len(batch) + 1) * longest_tail <= max_tokens:
+                batch.append(row)
+            else:
+                batch = [row]
+                batches.append(batch)
     return batches
 
 

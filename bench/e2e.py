@@ -89,10 +89,17 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, float, Path]:
-    """(exit code, wall s, peak tree RSS in MB, score.py's own peak RSS in MB, log file) of one run.
-    The second peak is the kernel's high-water mark of the score.py process (wait4's ru_maxrss):
-    exact, and missing no spike, but it leaves the sandbox workers out (each ~15 MB)."""
+def line_before(log: Path, offset: int) -> str:
+    """The last complete output line written before byte `offset` of the log: what ran then."""
+    lines = [line.strip() for line in log.read_bytes()[:offset].decode(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line and not line.startswith(("┃", "│", "┏", "┡", "└"))), "")
+
+
+def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, float, Path, str]:
+    """(exit code, wall s, peak tree RSS in MB, score.py's own peak RSS in MB, log file, the output line
+    last written when the sampled peak was reached) of one run. The second peak is the kernel's
+    high-water mark of the score.py process (wait4's ru_maxrss): exact, and missing no spike, but it
+    leaves the sandbox workers out (each ~15 MB)."""
     log = runs_dir / "output.log"
     # Our --runs-dir comes last, so it wins over one in `extra` (argparse keeps the last value).
     command = [sys.executable, "score.py", *extra, "--runs-dir", str(runs_dir)]
@@ -104,11 +111,14 @@ def run_once(extra: list[str], runs_dir: Path) -> tuple[int, float, float, float
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
-            peak_kib = max(peak_kib, tree_rss_kib(process.pid))
+            rss_kib = tree_rss_kib(process.pid)
+            if rss_kib > peak_kib:
+                peak_kib, peak_at = rss_kib, (time.perf_counter() - began, log.stat().st_size)
             time.sleep(SAMPLE_S)
     wall_s = time.perf_counter() - began
     code = os.waitstatus_to_exitcode(status)
-    return code, wall_s, peak_kib * 1024 / 1e6, usage.ru_maxrss * 1024 / 1e6, log
+    during = f"at {peak_at[0]:.0f} s, after: {line_before(log, peak_at[1])[:160]}" if peak_kib else ""
+    return code, wall_s, peak_kib * 1024 / 1e6, usage.ru_maxrss * 1024 / 1e6, log, during
 
 
 def score_lines(runs_dir: Path) -> list[str]:
@@ -146,9 +156,10 @@ def main() -> int:
     walls, peaks = [], []
     for index in range(1, args.repeats + 1):
         runs_dir = Path(tempfile.mkdtemp(prefix="score_e2e_"))
-        code, wall_s, peak_mb, own_mb, log = run_once(extra, runs_dir)
+        code, wall_s, peak_mb, own_mb, log, during = run_once(extra, runs_dir)
         print(f"run {index}/{args.repeats}: exit {code}, {wall_s:.1f} s wall, peak RSS {peak_mb:.0f} MB (tree, "
               f"sampled), {own_mb:.0f} MB (score.py's own high-water mark)")
+        print(f"    sampled peak {during}")
         if code != 0:
             print(f"score.py failed (exit {code}); its last output lines:")
             print("\n".join(log.read_text(errors="replace").splitlines()[-30:]))

@@ -10,15 +10,17 @@ The untrained student rarely finishes, so most groups would have equal rewards a
 to time a full update anyway, every row is trained with a synthetic advantage of +1 / -1
 (alternating), which costs exactly what a real update of the same rows costs.
 
-Before and after in one run (`--compare`, the default): the settings named by `--before` (today's:
-fp32 sampling and update, `autocast=off`) and `--after` (`autocast=auto`: bf16 matmuls over fp32
-weights where the CPU has native bf16) take turns update by update on one model, so a change in the
-machine's load falls on both. Each update's rows are also trained under the other setting (its
+Before and after in one run (the default): the RLConfig settings named by `--before` (the loop as it
+was: fp32 sampling and update, every row padded whole: `autocast=off,share_context=false`) and
+`--after` (the default RLConfig: a group's shared context run once) take turns update by update on
+one model, so a change in the machine's load falls on both. Either names any RLConfig fields, e.g.
+`--after autocast=auto` adds bf16 matmuls over fp32 weights where the CPU has native bf16. Each update's rows are also trained under the other setting (its
 timing is kept; the first setting's step is what the model keeps), so the update tok/s of the two
 settings are measured on the same rows. rl/logprob_gap is the mean |log pi at sampling - log pi in
 training| of rows sampled and trained under the same setting.
 
     python bench/rl_speed.py                       # 2 updates per setting, before and after
+    python bench/rl_speed.py --after share_context=true,autocast=auto --student runs/NAME/checkpoints/sft
     python bench/rl_speed.py --only after --updates 2
 
 Prints `RESULT name=value` lines last; figures go to bench/RESULTS.md.
@@ -45,7 +47,7 @@ from environment.tasks import load_tasks  # noqa: E402
 from rl import (RLConfig, build_row, group_advantages, group_rewards, micro_batch_loss, rollout_groups,  # noqa: E402
                 select_start_states)
 from tools import Sandbox  # noqa: E402
-from training import autocast_dtype, micro_batches, prepare_policy  # noqa: E402
+from training import autocast_dtype, context_length, prepare_policy, update_batches  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 
@@ -84,6 +86,24 @@ def planted_record(task, config: RolloutConfig) -> dict:
 SETTINGS = ("before", "after")
 
 
+def overrides(config: RLConfig, text: str) -> RLConfig:
+    """config with the fields named in `text` ("autocast=off,share_context=false") changed."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"error: {name!r} is not an RLConfig field (one of: {', '.join(fields)})")
+        default = getattr(config, name)
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"error: {name} takes true or false, not {value!r}")
+            changes[name] = value.lower() == "true"
+        else:
+            changes[name] = type(default)(value) if default is not None else value
+    return dataclasses.replace(config, **changes)
+
+
 def update(student, optimizer, params, rows, config, reference) -> dict:
     """One RL update on fixed rows, the steps of rl.train_rl's update (zero_grad -> micro-batches of
     forward + loss -> backward -> clip -> step), with the numbers this bench prints."""
@@ -91,14 +111,19 @@ def update(student, optimizer, params, rows, config, reference) -> dict:
     student.model.train()
     optimizer.zero_grad(set_to_none=True)
     gap = 0.0
-    for micro in micro_batches(rows, config.micro_batch_tokens):
+    for micro in update_batches(rows, config):
         loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
         loss.backward()
         gap += numbers["logprob_gap"]
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     student.model.eval()
-    return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows)}
+    run = 0  # tokens the forward passes ran: a shared context counts once per micro-batch
+    for micro in update_batches(rows, config):
+        shared = config.share_context and len(micro) > 1 and not config.gradient_checkpointing
+        run += context_length(micro[0]) * (1 if shared else len(micro)) + sum(len(r.ids) - context_length(r) for r in micro)
+    return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows),
+            "run_tokens": run}
 
 
 def main() -> None:
@@ -107,14 +132,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--student", default="smol-135m")
-    parser.add_argument("--before", default="off", help="RLConfig.autocast of the 'before' setting (today: off)")
-    parser.add_argument("--after", default="auto", help="RLConfig.autocast of the 'after' setting (bf16 where native)")
+    parser.add_argument("--before", default="autocast=off,share_context=false",
+                        help="RLConfig fields of the 'before' setting, NAME=VALUE,... (default: the loop as it was)")
+    parser.add_argument("--after", default="", help="RLConfig fields of the 'after' setting (default: RLConfig())")
     parser.add_argument("--only", choices=SETTINGS, default=None, help="run one setting only")
     parser.add_argument("--max-steps", type=int, default=6, help="rollout steps (the CPU preset: 6)")
     args = parser.parse_args()
-    autocast = {"before": args.before, "after": args.after}
+    named = {"before": args.before, "after": args.after}
     settings = [args.only] if args.only else list(SETTINGS)
-    configs = {name: dataclasses.replace(RLConfig(), autocast=autocast[name]) for name in settings}  # the CPU default
+    configs = {name: overrides(RLConfig(), named[name]) for name in settings}  # the CPU default, changed
     # The CPU preset: 6 steps, 96 new tokens a turn, 2048-token context (fewer steps: a quicker bench).
     rollout_config = RolloutConfig(max_steps=args.max_steps)
     student = load_student(args.student, device=args.device, threads=args.threads)
@@ -126,10 +152,12 @@ def main() -> None:
     starts = select_start_states(records, {t.id: t for t in tasks}, config)
     _, params, reference = prepare_policy(student, config)
     dtypes = {name: autocast_dtype(configs[name].autocast, student) for name in settings}
-    if len(settings) == 2 and dtypes["before"] == dtypes["after"]:  # e.g. "auto" on a CPU without native bf16
-        raise SystemExit(f"error: --before {args.before} and --after {args.after} both compute in "
-                         f"{dtypes['after'] or next(student.model.parameters()).dtype} here (no native bf16 on this "
-                         "CPU?): nothing to compare; run one setting with --only")
+    if len(settings) == 2 and (dtypes["before"], configs["before"].share_context) == \
+            (dtypes["after"], configs["after"].share_context):  # e.g. autocast=auto on a CPU without native bf16
+        raise SystemExit(f"error: --before {args.before!r} and --after {args.after!r} compute the same way here "
+                         f"(in {dtypes['after'] or next(student.model.parameters()).dtype}, share_context "
+                         f"{configs['after'].share_context}; no native bf16 on this CPU?): nothing to compare; "
+                         "run one setting with --only")
     optimizer = torch.optim.AdamW(params, lr=config.lr)
     timings = {name: {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "sampled_tok_per_s": [],
                       "generated": [], "row_tokens": [], "gap": []} for name in settings}
@@ -167,7 +195,7 @@ def main() -> None:
             timings[trainer]["update_s"].append(update_s)
             timings[trainer]["tok_per_s"].append(stats["row_tokens"] / update_s)
             line.append(f"update as {trainer} {update_s:.1f} s ({stats['row_tokens'] / update_s:.0f} tok/s, "
-                        f"gap {stats['logprob_gap']:.2e})")
+                        f"{stats['run_tokens']} tokens run, gap {stats['logprob_gap']:.2e})")
         student.autocast_dtype = dtypes[name]
         for key, value in (("rollout_s", rollout_s), ("reward_s", reward_s), ("generated", generated),
                            ("sampled_tok_per_s", generated / rollout_s), ("row_tokens", stats["row_tokens"]),
@@ -183,7 +211,8 @@ def main() -> None:
     median = {name: {k: statistics.median(v) for k, v in timings[name].items()} for name in settings}
     for name in settings:
         m = median[name]
-        print(f"{name} (autocast={autocast[name]} -> {dtypes[name]}): rollout {m['rollout_s']:.1f} s "
+        print(f"{name} (autocast={configs[name].autocast} -> {dtypes[name]}, share_context="
+              f"{configs[name].share_context}): rollout {m['rollout_s']:.1f} s "
               f"({m['sampled_tok_per_s']:.1f} sampled tok/s), reward {m['reward_s']:.2f} s, update {m['update_s']:.1f} s "
               f"({m['tok_per_s']:.0f} tok/s), logprob gap {m['gap']:.2e}")
     last = settings[-1]

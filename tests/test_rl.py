@@ -17,9 +17,9 @@ import rl
 from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, group_advantages, group_rewards,
                 micro_batch_loss, rollout_groups, same_signature, select_start_states, step_limit,
                 train_rl)
-from student import Sample, ScriptedStudent, Student, masked_token_logprobs, token_logprobs
+from student import Sample, ScriptedStudent, Student, masked_token_logprobs, shared_context_logprobs, token_logprobs
 from tools import ToolResult
-from training import micro_batches, pad_left, prepare_policy
+from training import context_batches, micro_batches, pad_left, prepare_policy, update_batches
 
 TASK = Task(id="toy-0", task_set="toy", question="What is 6 times 7?", answer="42", grader="numeric",
             solution=(RefStep("multiply"),))
@@ -323,7 +323,7 @@ def accumulate(student, rows, config, reference=None):
     update-wide N, backpropagated. Returns (L, mean k3, mean |log-prob gap|); the gradients are in .grad."""
     num_tokens = sum(sum(r.mask) for r in rows)
     loss_total, kl_total, gap_total = 0.0, 0.0, 0.0
-    for micro in micro_batches(rows, config.micro_batch_tokens):
+    for micro in update_batches(rows, config):
         loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
         loss.backward()
         assert numbers["loss"] == float(loss.detach())
@@ -379,7 +379,39 @@ def test_loss_matches_naive_loop(tokenizer):
         assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
 
 
-def test_train_rl_update_is_the_naive_gradient_of_its_rows(tokenizer, tmp_path, monkeypatch):
+def test_shared_context_loss_matches_naive_loop(tokenizer):
+    """Rows that begin with the same context (a group's continuations after one prompt and prefix) run
+    that context once (context_batches + shared_context_logprobs), and the update's loss equals the
+    explicit per-token loop: value and every gradient, with KL, a chunked head, two contexts and a
+    context split over two micro-batches. If this failed, sharing the context would change the
+    gradient (a missing sum over rows, a position off by one, a pad token seen)."""
+    student = make_tiny_student(tokenizer, seed=1)
+    reference = make_tiny_student(tokenizer, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for context_size, tails in [(7, [(5, 0.5), (9, -1.0), (2, 0.25)]), (4, [(6, 1.0), (3, -0.5)])]:
+        context = torch.randint(0, 1000, (context_size,), generator=gen).tolist()
+        for length, advantage in tails:
+            tail_mask = [1] + [int(i % 3 != 1) for i in range(length - 1)]  # first tail token supervised
+            rows.append(TrainRow(context + torch.randint(0, 1000, (length,), generator=gen).tolist(),
+                                 [0] * context_size + tail_mask, advantage, [0.0] * sum(tail_mask)))
+    config = RLConfig(kl_coef=0.3, max_grad_norm=1e9, micro_batch_tokens=7 + 2 * 9, head_chunk_tokens=3)
+    batches = context_batches(rows, config.micro_batch_tokens)
+    assert [len(b) for b in batches] == [2, 1, 2]  # 7 + 2 x 9 fits two rows; the second context in one
+    assert update_batches(rows, config) == batches
+    assert update_batches(rows, dataclasses.replace(config, share_context=False)) != batches
+    loss, mean_kl, _ = accumulate(student, rows, config, reference)
+    ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
+
+    student.model.zero_grad()
+    naive, kl = naive_loss(student, rows, reference, kl_coef=0.3)
+    assert loss == pytest.approx(naive, rel=1e-5) and mean_kl == pytest.approx(kl, rel=1e-4) and kl > 0
+    for name, p in student.model.named_parameters():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("share_context", [True, False])
+def test_train_rl_update_is_the_naive_gradient_of_its_rows(tokenizer, tmp_path, monkeypatch, share_context):
     """One update of train_rl itself (lr 0, so the weights stay where the gradient was taken) leaves in
     .grad the gradient of the naive per-token loss over the rows it built, with N = their supervised
     tokens, and logs that loss. If this failed, train_rl's loop would use another normaliser, drop a
@@ -395,12 +427,12 @@ def test_train_rl_update_is_the_naive_gradient_of_its_rows(tokenizer, tmp_path, 
     monkeypatch.setattr(rl, "build_row", lambda *a: built.append(real_build_row(*a)) or built[-1])
     student = CandidateStudent(make_tiny_student(tokenizer, seed=9), uneven)
     config = quick(num_updates=1, group_size=8, lr=0.0, max_grad_norm=1e9, kl_coef=0.3, head_chunk_tokens=5,
-                   micro_batch_tokens=1500)
+                   micro_batch_tokens=1500, share_context=share_context)
     run_candidates(tmp_path, student, config)
     [record] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    batches = micro_batches(built, config.micro_batch_tokens)
+    batches = update_batches(built, config)
     assert record["rl/skipped_groups"] == 0 and len(built) == 8 and len({len(r.ids) for r in built}) == 2
-    assert len(batches) > 1 and any(len({len(r.ids) for r in b}) > 1 for b in batches)  # padded, several batches
+    assert len(batches) > 1 and any(len({len(r.ids) for r in b}) > 1 for b in batches)  # several batches, uneven rows
     ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
 
     student.model.zero_grad()
@@ -430,6 +462,15 @@ def test_sampling_logprobs_match_training_forward(tokenizer):
         ids, attention, positions, mask = pad_left(batch, student.pad_id, student.device)
         with torch.no_grad(), student.compute():
             trained = masked_token_logprobs(student.model, ids, mask, attention, positions, chunk_tokens=7)
+        sampled = torch.tensor([lp for r in batch for lp in r.sampled_logprobs])
+        assert trained.shape == sampled.shape and torch.allclose(trained, sampled, atol=1e-4)
+    shared = context_batches(rows, 10 ** 6)  # each start's group, its prompt and prefix run once
+    assert len(shared) == len(starts) and all(len(b) == 2 for b in shared)
+    for batch in shared:
+        size = batch[0].mask.index(1)
+        with torch.no_grad(), student.compute():
+            trained = shared_context_logprobs(student.model, batch[0].ids[:size], [r.ids[size:] for r in batch],
+                                              [r.mask[size:] for r in batch], chunk_tokens=7)
         sampled = torch.tensor([lp for r in batch for lp in r.sampled_logprobs])
         assert trained.shape == sampled.shape and torch.allclose(trained, sampled, atol=1e-4)
 

@@ -357,9 +357,8 @@ WRONG = [
      "expect": "each micro-batch divided by its own supervised tokens",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / logprobs.numel()
     kl_sum = 0.0
@@ -367,7 +366,7 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
         scorer = reference or student
         adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
         with torch.no_grad(), adapter_off, scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+            ref_logprobs = rows_logprobs(scorer, rows, config)
         delta = ref_logprobs - logprobs
         k3 = torch.exp(delta) - delta - 1
         loss = loss + config.kl_coef * k3.sum() / logprobs.numel()
@@ -380,9 +379,8 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "per-sequence mean",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     per_row = logprobs.split([sum(r.mask) for r in rows])
     loss = -sum(r.advantage * lp.mean() for r, lp in zip(rows, per_row)) / len(rows)
     sampled = torch.tensor([lp for r in rows for lp in r.sampled_logprobs], device=logprobs.device)
@@ -393,9 +391,8 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "number of sequences",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / len(rows)
     sampled = torch.tensor([lp for r in rows for lp in r.sampled_logprobs], device=logprobs.device)
@@ -406,9 +403,8 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "the difference reversed",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / num_tokens
     kl_sum = 0.0
@@ -416,7 +412,7 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
         scorer = reference or student
         adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
         with torch.no_grad(), adapter_off, scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+            ref_logprobs = rows_logprobs(scorer, rows, config)
         delta = logprobs - ref_logprobs
         k3 = torch.exp(delta) - delta - 1
         loss = loss + config.kl_coef * k3.sum() / num_tokens
@@ -429,9 +425,8 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "k1 = p - q",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / num_tokens
     kl_sum = 0.0
@@ -439,7 +434,7 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
         scorer = reference or student
         adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
         with torch.no_grad(), adapter_off, scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+            ref_logprobs = rows_logprobs(scorer, rows, config)
         k1 = logprobs - ref_logprobs
         loss = loss + config.kl_coef * k1.sum() / num_tokens
         kl_sum = float(k1.detach().sum())
@@ -451,9 +446,8 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "signed sum",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / num_tokens
     kl_sum = 0.0
@@ -461,7 +455,7 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
         scorer = reference or student
         adapter_off = student.model.disable_adapter() if reference is None else contextlib.nullcontext()
         with torch.no_grad(), adapter_off, scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+            ref_logprobs = rows_logprobs(scorer, rows, config)
         delta = ref_logprobs - logprobs
         k3 = torch.exp(delta) - delta - 1
         loss = loss + config.kl_coef * k3.sum() / num_tokens
@@ -474,16 +468,15 @@ def micro_batch_loss(student, rows, num_tokens, config, reference=None):
      "expect": "adapter still on",
      "source": '''
 def micro_batch_loss(student, rows, num_tokens, config, reference=None):
-    ids, attention, positions, mask = pad_left(rows, student.pad_id, student.device)
     with student.compute():
-        logprobs = masked_token_logprobs(student.model, ids, mask, attention, positions, config.head_chunk_tokens)
+        logprobs = rows_logprobs(student, rows, config)
     advantages = torch.tensor([r.advantage for r in rows for _ in range(sum(r.mask))], device=logprobs.device)
     loss = -(advantages * logprobs).sum() / num_tokens
     kl_sum = 0.0
     if config.kl_coef > 0:
         scorer = reference or student
         with torch.no_grad(), scorer.compute():
-            ref_logprobs = masked_token_logprobs(scorer.model, ids, mask, attention, positions, config.head_chunk_tokens)
+            ref_logprobs = rows_logprobs(scorer, rows, config)
         delta = ref_logprobs - logprobs
         k3 = torch.exp(delta) - delta - 1
         loss = loss + config.kl_coef * k3.sum() / num_tokens
