@@ -12,7 +12,7 @@ to time a full update anyway, every row is trained with a synthetic advantage of
 
 Before and after in one run (the default): the RLConfig settings named by `--before` (the loop as it
 was: fp32 sampling and update, every row padded whole: `autocast=off,share_context=false`) and
-`--after` (the default RLConfig: a group's shared context run once) take turns update by update on
+`--after` (RLConfig() with `share_context=true`: a group's shared context run once) take turns update by update on
 one model, so a change in the machine's load falls on both. Either names any RLConfig fields, e.g.
 `--after autocast=auto` adds bf16 matmuls over fp32 weights where the CPU has native bf16. Each update's rows are also trained under the other setting (its
 timing is kept; the first setting's step is what the model keeps), so the update tok/s of the two
@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument("--student", default="smol-135m")
     parser.add_argument("--before", default="autocast=off,share_context=false",
                         help="RLConfig fields of the 'before' setting, NAME=VALUE,... (default: the loop as it was)")
-    parser.add_argument("--after", default="", help="RLConfig fields of the 'after' setting (default: RLConfig())")
+    parser.add_argument("--after", default="share_context=true",
+                        help="RLConfig fields of the 'after' setting, changed from RLConfig() (default: share_context=true)")
     parser.add_argument("--only", choices=SETTINGS, default=None, help="run one setting only")
     parser.add_argument("--max-steps", type=int, default=6, help="rollout steps (the CPU preset: 6)")
     args = parser.parse_args()

@@ -395,7 +395,8 @@ def test_shared_context_loss_matches_naive_loop(tokenizer):
             tail_mask = [1] + [int(i % 3 != 1) for i in range(length - 1)]  # first tail token supervised
             rows.append(TrainRow(context + torch.randint(0, 1000, (length,), generator=gen).tolist(),
                                  [0] * context_size + tail_mask, advantage, [0.0] * sum(tail_mask)))
-    config = RLConfig(kl_coef=0.3, max_grad_norm=1e9, micro_batch_tokens=7 + 2 * 9, head_chunk_tokens=3)
+    config = RLConfig(kl_coef=0.3, max_grad_norm=1e9, micro_batch_tokens=7 + 2 * 9, head_chunk_tokens=3,
+                      share_context=True)
     batches = context_batches(rows, config.micro_batch_tokens)
     assert [len(b) for b in batches] == [2, 1, 2]  # 7 + 2 x 9 fits two rows; the second context in one
     assert update_batches(rows, config) == batches
