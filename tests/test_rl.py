@@ -354,6 +354,18 @@ def naive_loss(student, rows, reference=None, kl_coef=0.0):
     return float(naive.detach()), kl
 
 
+def assert_accumulated_is_naive(student, rows, config, reference):
+    """accumulate's loss, mean k3 (non-zero) and every gradient equal those of the naive per-token loop."""
+    loss, mean_kl, _ = accumulate(student, rows, config, reference)
+    ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
+
+    student.model.zero_grad()
+    naive, kl = naive_loss(student, rows, reference, kl_coef=config.kl_coef)
+    assert loss == pytest.approx(naive, rel=1e-5) and mean_kl == pytest.approx(kl, rel=1e-4) and kl > 0
+    for name, p in student.model.named_parameters():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
 def test_loss_matches_naive_loop(tokenizer):
     """The update's loss as train_rl accumulates it (micro_batch_loss over micro_batches: left padding,
     several micro-batches, chunked head, KL to a reference) equals an explicit per-token loop over
@@ -369,14 +381,7 @@ def test_loss_matches_naive_loop(tokenizer):
         rows.append(TrainRow(ids, mask, advantage, [0.0] * sum(mask)))
     config = RLConfig(kl_coef=0.3, max_grad_norm=1e9, micro_batch_tokens=20, head_chunk_tokens=3)
     assert len(micro_batches(rows, config.micro_batch_tokens)) == 2  # one batch holds two padded rows
-    loss, mean_kl, _ = accumulate(student, rows, config, reference)
-    ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
-
-    student.model.zero_grad()
-    naive, kl = naive_loss(student, rows, reference, kl_coef=0.3)
-    assert loss == pytest.approx(naive, rel=1e-5) and mean_kl == pytest.approx(kl, rel=1e-4) and kl > 0
-    for name, p in student.model.named_parameters():
-        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+    assert_accumulated_is_naive(student, rows, config, reference)
 
 
 def test_shared_context_loss_matches_naive_loop(tokenizer):
@@ -401,14 +406,7 @@ def test_shared_context_loss_matches_naive_loop(tokenizer):
     assert [len(b) for b in batches] == [2, 1, 2]  # 7 + 2 x 9 fits two rows; the second context in one
     assert update_batches(rows, config) == batches
     assert update_batches(rows, dataclasses.replace(config, share_context=False)) != batches
-    loss, mean_kl, _ = accumulate(student, rows, config, reference)
-    ours = {name: p.grad.clone() for name, p in student.model.named_parameters()}
-
-    student.model.zero_grad()
-    naive, kl = naive_loss(student, rows, reference, kl_coef=0.3)
-    assert loss == pytest.approx(naive, rel=1e-5) and mean_kl == pytest.approx(kl, rel=1e-4) and kl > 0
-    for name, p in student.model.named_parameters():
-        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+    assert_accumulated_is_naive(student, rows, config, reference)
 
 
 @pytest.mark.parametrize("share_context", [True, False])
