@@ -156,9 +156,24 @@ def micro_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[TrainR
 def update_batches(rows: Sequence[TrainRow], config: RLConfig) -> list[list[TrainRow]]:
     """RL's micro-batches: by shared context (config.share_context; not with gradient checkpointing,
     see shared_context_logprobs) or by length alone; each bounded by config.micro_batch_tokens."""
-    if config.share_context and not config.gradient_checkpointing:
+    if sharing(config):
         return context_batches(rows, config.micro_batch_tokens)
     return micro_batches(rows, config.micro_batch_tokens)
+
+
+def sharing(config: RLConfig) -> bool:
+    """Whether RL's forwards run a shared context once (never with gradient checkpointing)."""
+    return config.share_context and not config.gradient_checkpointing
+
+
+def shared_context(rows: Sequence[TrainRow], config: RLConfig) -> int:
+    """Tokens of the context these rows' forward runs once: their common context when sharing is on
+    and there are several rows that all begin with it; 0 when the rows are left-padded whole."""
+    size = context_length(rows[0])
+    if sharing(config) and len(rows) > 1 and all(context_length(r) == size and r.ids[:size] == rows[0].ids[:size]
+                                                 for r in rows):
+        return size
+    return 0
 
 
 def rows_logprobs(scorer: Student, rows: Sequence[TrainRow], config: RLConfig) -> torch.Tensor:
@@ -167,9 +182,8 @@ def rows_logprobs(scorer: Student, rows: Sequence[TrainRow], config: RLConfig) -
     Rows that begin with the same context (update_batches puts a group's rows together) run it once
     (shared_context_logprobs); other rows are left-padded whole (masked_token_logprobs). Both give
     the same numbers up to float rounding."""
-    size = context_length(rows[0])
-    if (config.share_context and not config.gradient_checkpointing and len(rows) > 1
-            and all(r.ids[:size] == rows[0].ids[:size] and context_length(r) == size for r in rows)):
+    size = shared_context(rows, config)
+    if size:
         return shared_context_logprobs(scorer.model, rows[0].ids[:size], [r.ids[size:] for r in rows],
                                        [r.mask[size:] for r in rows], config.head_chunk_tokens)
     ids, attention, positions, mask = pad_left(rows, scorer.pad_id, scorer.device)  # (b, T) each

@@ -47,7 +47,7 @@ from environment.tasks import load_tasks  # noqa: E402
 from rl import (RLConfig, build_row, group_advantages, group_rewards, micro_batch_loss, rollout_groups,  # noqa: E402
                 select_start_states)
 from tools import Sandbox  # noqa: E402
-from training import autocast_dtype, context_length, prepare_policy, update_batches  # noqa: E402
+from training import autocast_dtype, prepare_policy, shared_context, update_batches  # noqa: E402
 
 LITERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 
@@ -111,17 +111,16 @@ def update(student, optimizer, params, rows, config, reference) -> dict:
     student.model.train()
     optimizer.zero_grad(set_to_none=True)
     gap = 0.0
-    for micro in update_batches(rows, config):
+    batches = update_batches(rows, config)
+    for micro in batches:
         loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
         loss.backward()
         gap += numbers["logprob_gap"]
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     student.model.eval()
-    run = 0  # tokens the forward passes ran: a shared context counts once per micro-batch
-    for micro in update_batches(rows, config):
-        shared = config.share_context and len(micro) > 1 and not config.gradient_checkpointing
-        run += context_length(micro[0]) * (1 if shared else len(micro)) + sum(len(r.ids) - context_length(r) for r in micro)
+    # tokens the forward passes ran: a shared context counts once per micro-batch
+    run = sum(sum(len(r.ids) for r in micro) - (len(micro) - 1) * shared_context(micro, config) for micro in batches)
     return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows),
             "run_tokens": run}
 
