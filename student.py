@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -392,6 +393,8 @@ class Student:
                 if c is None:
                     best = max(donors, key=lambda d: _common_prefix(d.ids, prompts[i]))
                     kept[i] = best if _common_prefix(best.ids, prompts[i]) >= 16 else None
+        # Each distinct prompt's new part runs once, alone and unpadded; the batch then runs one token a row.
+        kept = self._prefill_each_prompt(prompts, kept)
         reused = [min(_common_prefix(c.ids, p), len(p) - 1) if c is not None else 0 for c, p in zip(kept, prompts)]
         past_width = max(reused)
         new_width = max(len(p) - r for p, r in zip(prompts, reused))
@@ -407,18 +410,21 @@ class Student:
             past_mask[i, past_width - r:] = 1
             positions[i, new_width - len(new):] = torch.arange(r, r + len(new))  # real positions continue the past
         cache = DynamicCache()
-        if past_width > 0:  # rebuild the reused keys/values as one right-aligned, left-padded batch
-            num_layers = len(next(c for c in kept if c is not None).keys)
-            for layer in range(num_layers):
-                ref = next(c for c in kept if c is not None).keys[layer]  # (heads, len, head_dim)
-                shape = (num_rows, ref.shape[0], past_width, ref.shape[2])
-                layer_keys = torch.zeros(shape, dtype=ref.dtype, device=device)
-                layer_values = torch.zeros(shape, dtype=ref.dtype, device=device)
+        if past_width > 0:  # rebuild the reused keys/values as one right-aligned, left-padded batch,
+            # with room for the turn's new tokens, which are then written in place (roomy_layer)
+            ref = next(c for c in kept if c is not None)
+            capacity = past_width + new_width + max_new_tokens
+            cache.layers = []
+            for layer in range(len(ref.keys)):
+                heads, _, head_dim = ref.keys[layer].shape  # (heads, len, head_dim)
+                shape = (num_rows, heads, capacity, head_dim)
+                layer_keys = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=device)
+                layer_values = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=device)
                 for i, (c, r) in enumerate(zip(kept, reused)):
                     if r > 0:
-                        layer_keys[i, :, past_width - r:] = c.keys[layer][:, :r]
-                        layer_values[i, :, past_width - r:] = c.values[layer][:, :r]
-                cache.update(layer_keys, layer_values, layer)
+                        layer_keys[i, :, past_width - r:past_width] = c.keys[layer][:, :r]
+                        layer_values[i, :, past_width - r:past_width] = c.values[layer][:, :r]
+                cache.layers.append(roomy_layer()(layer_keys, layer_values, past_width))
         attention = torch.cat([past_mask, new_mask], dim=1).to(device)  # (B, past + new)
         input_ids, positions = input_ids.to(device), positions.to(device)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -492,6 +498,40 @@ class Student:
         self.causal_lm().get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
         return _Kept(ids=list(prompts[0][:length]), keys=[layer.keys[0] for layer in cache.layers],
                      values=[layer.values[0] for layer in cache.layers])
+
+    def _prefill_each_prompt(self, prompts: Sequence[Sequence[int]],
+                             kept: Sequence["_Kept | None"]) -> list["_Kept | None"]:
+        """Extend each row's kept keys/values to all of its prompt but the last token, one (1, n) forward
+        per distinct (kept cache, prompt) pair.
+
+        One left-padded batch would run every row at the width of the longest new part: in RL rollouts
+        58% of the prefilled positions were padding (a turn's observations differ in length), and the G
+        rows of a group, whose first prompts are identical, ran the same task and prefix G times. Run
+        alone, a row's positions are exactly those it would see in the batch, so only float rounding
+        of the matmuls changes. The last token is left for the batched call: its logits sample."""
+        from transformers import DynamicCache
+        done: dict[tuple, _Kept] = {}
+        extended = []
+        for c, prompt in zip(kept, prompts):
+            start = min(_common_prefix(c.ids, prompt), len(prompt) - 1) if c is not None else 0
+            end = len(prompt) - 1
+            if end - start < 2:  # nothing worth a forward of its own
+                extended.append(c)
+                continue
+            name = (id(c), start, tuple(prompt[:end]))
+            if name not in done:
+                cache = DynamicCache()
+                if start > 0:
+                    for layer, (k, v) in enumerate(zip(c.keys, c.values)):
+                        cache.update(k[:, :start].unsqueeze(0), v[:, :start].unsqueeze(0), layer)
+                ids = torch.tensor([list(prompt[start:end])], device=self.device)  # (1, n)
+                positions = torch.arange(start, end, device=self.device).unsqueeze(0)
+                self.causal_lm().get_decoder()(input_ids=ids, position_ids=positions, past_key_values=cache,
+                                               use_cache=True)
+                done[name] = _Kept(ids=list(prompt[:end]), keys=[layer.keys[0] for layer in cache.layers],
+                                   values=[layer.values[0] for layer in cache.layers])
+            extended.append(done[name])
+        return extended
 
     def _keep(self, key: str, prompt: Sequence[int], fed_ids: list[int], cache, attention, j: int) -> None:
         """Store batch row j's keys/values (only its real positions) under `key` for its next turn."""
@@ -573,6 +613,43 @@ class Student:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+
+
+@functools.cache
+def roomy_layer():
+    """PLUMBING: the class of a KV-cache layer that writes each step's keys/values into room kept for them.
+
+    transformers' DynamicLayer concatenates at every step, which copies the whole cache: at 16 rows
+    of ~900 positions that is ~0.7 GB read and written per decode step of the 135M student, a fifth
+    of an RL rollout's time (profiled). Here `keys` and `values` are views of the first `length`
+    positions of buffers (B, heads, capacity, head_dim); a step beyond the capacity grows them once.
+    (Made on first use: transformers is imported only when a model runs.)"""
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        def __init__(self, keys_buffer: torch.Tensor, values_buffer: torch.Tensor, length: int):
+            super().__init__()
+            self.dtype, self.device, self.is_initialized = keys_buffer.dtype, keys_buffer.device, True
+            self.buffers = [keys_buffer, values_buffer]
+            self.keys, self.values = keys_buffer[:, :, :length], values_buffer[:, :, :length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            start = self.keys.shape[-2]
+            end = start + key_states.shape[-2]
+            if end > self.buffers[0].shape[-2]:  # out of room: double it
+                self.buffers = [torch.cat([b, torch.zeros_like(b)], dim=-2) for b in self.buffers]
+                return self.update(key_states, value_states)
+            self.buffers[0][:, :, start:end] = key_states
+            self.buffers[1][:, :, start:end] = value_states
+            self.keys, self.values = self.buffers[0][:, :, :end], self.buffers[1][:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            length = self.keys.shape[-2]
+            self.buffers = [b[indices] for b in self.buffers]
+            self.keys, self.values = self.buffers[0][:, :, :length], self.buffers[1][:, :, :length]
+
+    return RoomyLayer
 
 
 @dataclass
