@@ -353,7 +353,8 @@ class Student:
                keys: Sequence[str | None] | None = None) -> list[Sample]:
         """Sample one turn for each prompt, all rows together, token by token with a KV cache.
 
-        Rows are left-padded; position ids count only real tokens, so a padded row sees exactly the
+        Each distinct prompt's new part runs once, alone (_prefill_each_prompt); then the rows, left-padded,
+        decode together; position ids count only real tokens, so a padded row sees exactly the
         positions it would see alone. Each row has its own random generator seeded from `seeds`,
         so what a row samples does not depend on which other rows share its batch (up to float
         rounding of batched matmuls). Finished rows leave the batch (their cache rows are dropped).

@@ -1,4 +1,5 @@
-"""student.py's speed machinery: batched token picking, OpenMP waiting and threads, borrowed prefixes."""
+"""student.py's speed machinery: batched token picking, OpenMP waiting and threads, borrowed prefixes, the prefill and the KV layer."""
+import itertools
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from agent import render_ids
-from student import pick_tokens, top_p_filter
+from student import pick_tokens, roomy_layer, top_p_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,3 +91,48 @@ def test_a_joining_row_borrows_a_neighbours_prefix(tiny_student):
     for got, want in ((mixed[1], alone_new), (mixed[0], alone_old)):
         assert got.token_ids == want.token_ids
         assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs)) < 1e-4
+
+
+def test_each_distinct_prompt_is_prefilled_once(tiny_student):
+    """Rows with the same prompt (a group of RL continuations) have its new part run once, alone and
+    unpadded; the batched call then runs one token a row. Counted at the embedding: the common prefix once,
+    each distinct prompt's rest once, one last token per row. A left-padded batch would run every row
+    at the longest width. Tokens and log-probs are those of sampling each row alone."""
+    tokenizer = tiny_student.tokenizer
+    short = render_ids(tokenizer, "a question", [], add_generation_prompt=True).ids
+    long = render_ids(tokenizer, "a much longer question, asked by a whole group of rows " * 2, [],
+                      add_generation_prompt=True).ids
+    prompts, seeds = [short, long, long, short], [1, 2, 3, 4]
+    common = sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == pair[1], zip(short, long)))
+    fed: list[int] = []
+    hook = tiny_student.causal_lm().get_input_embeddings().register_forward_hook(
+        lambda module, args, output: fed.append(args[0].numel()))
+    try:
+        batch = tiny_student.sample(prompts, [[]] * 4, 1, 1.0, 1.0, seeds)
+    finally:
+        hook.remove()
+    assert sum(fed) == common + (len(short) - 1 - common) + (len(long) - 1 - common) + len(prompts)
+    for prompt, seed, got in zip(prompts, seeds, batch):
+        alone = tiny_student.sample([prompt], [[]], 1, 1.0, 1.0, [seed])[0]
+        assert got.token_ids == alone.token_ids
+        assert max(abs(a - b) for a, b in zip(got.logprobs, alone.logprobs)) < 1e-4
+
+
+def test_roomy_layer_is_the_concatenation():
+    """The sampler's KV layer writes into kept room (and doubles it when full); what it returns is what
+    transformers' concatenating DynamicLayer returns, also after rows leave the batch."""
+    from transformers.cache_utils import DynamicLayer
+    torch.manual_seed(0)
+    past = torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5)  # (rows, heads, positions, head_dim)
+    room = torch.zeros(3, 2, 6, 5), torch.zeros(3, 2, 6, 5)
+    room[0][:, :, :4], room[1][:, :, :4] = past
+    roomy, plain = roomy_layer()(room[0], room[1], 4), DynamicLayer()
+    plain.update(*past)
+    for new_tokens, keep in ((1, None), (3, torch.tensor([0, 2])), (2, None)):  # the 3 overflow the room
+        new = torch.randn(len(plain.keys), 2, new_tokens, 5), torch.randn(len(plain.keys), 2, new_tokens, 5)
+        for got, want in zip(roomy.update(*new), plain.update(*new)):
+            assert torch.equal(got, want)
+        if keep is not None:
+            roomy.batch_select_indices(keep)
+            plain.batch_select_indices(keep)
+    assert roomy.get_seq_length() == plain.get_seq_length() == 10
