@@ -490,14 +490,21 @@ class Student:
 
     def _prefill_shared_prefix(self, prompts: Sequence[Sequence[int]], min_tokens: int = 16) -> "_Kept | None":
         """Keys/values of the longest prefix common to all prompts (None when it is short)."""
-        from transformers import DynamicCache
         length = min(min(len(p) for p in prompts) - 1, min(_common_prefix(prompts[0], p) for p in prompts[1:]))
-        if length < min_tokens:
-            return None
+        return self._extend_kept(None, prompts[0][:length]) if length >= min_tokens else None
+
+    def _extend_kept(self, kept: "_Kept | None", ids: Sequence[int]) -> "_Kept":
+        """Keys/values of `ids`, one (1, n) forward after the first `start` of them already in `kept`
+        (start = the prefix `kept` shares with them; None: from scratch)."""
+        from transformers import DynamicCache
+        start = _common_prefix(kept.ids, ids) if kept is not None else 0
         cache = DynamicCache()
-        ids = torch.tensor([list(prompts[0][:length])], device=self.device)  # (1, length)
-        self.causal_lm().get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
-        return _Kept(ids=list(prompts[0][:length]), keys=[layer.keys[0] for layer in cache.layers],
+        for layer, (k, v) in enumerate(zip(kept.keys, kept.values) if start else ()):
+            cache.update(k[:, :start].unsqueeze(0), v[:, :start].unsqueeze(0), layer)
+        new = torch.tensor([list(ids[start:])], device=self.device)  # (1, n)
+        positions = torch.arange(start, len(ids), device=self.device).unsqueeze(0)
+        self.causal_lm().get_decoder()(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True)
+        return _Kept(ids=list(ids), keys=[layer.keys[0] for layer in cache.layers],
                      values=[layer.values[0] for layer in cache.layers])
 
     def _prefill_each_prompt(self, prompts: Sequence[Sequence[int]],
@@ -510,7 +517,6 @@ class Student:
         rows of a group, whose first prompts are identical, ran the same task and prefix G times. Run
         alone, a row's positions are exactly those it would see in the batch, so only float rounding
         of the matmuls changes. The last token is left for the batched call: its logits sample."""
-        from transformers import DynamicCache
         done: dict[tuple, _Kept] = {}
         extended = []
         for c, prompt in zip(kept, prompts):
@@ -519,18 +525,9 @@ class Student:
             if end - start < 2:  # nothing worth a forward of its own
                 extended.append(c)
                 continue
-            name = (id(c), start, tuple(prompt[:end]))
+            name = (id(c), tuple(prompt[:end]))
             if name not in done:
-                cache = DynamicCache()
-                if start > 0:
-                    for layer, (k, v) in enumerate(zip(c.keys, c.values)):
-                        cache.update(k[:, :start].unsqueeze(0), v[:, :start].unsqueeze(0), layer)
-                ids = torch.tensor([list(prompt[start:end])], device=self.device)  # (1, n)
-                positions = torch.arange(start, end, device=self.device).unsqueeze(0)
-                self.causal_lm().get_decoder()(input_ids=ids, position_ids=positions, past_key_values=cache,
-                                               use_cache=True)
-                done[name] = _Kept(ids=list(prompt[:end]), keys=[layer.keys[0] for layer in cache.layers],
-                                   values=[layer.values[0] for layer in cache.layers])
+                done[name] = self._extend_kept(c, prompt[:end])
             extended.append(done[name])
         return extended
 
@@ -623,7 +620,7 @@ def roomy_layer():
     transformers' DynamicLayer concatenates at every step, which copies the whole cache: at 16 rows
     of ~900 positions that is ~0.7 GB read and written per decode step of the 135M student, a fifth
     of an RL rollout's time (profiled). Here `keys` and `values` are views of the first `length`
-    positions of buffers (B, heads, capacity, head_dim); a step beyond the capacity grows them once.
+    positions of buffers (B, heads, capacity, head_dim); a step beyond the capacity doubles them.
     (Made on first use: transformers is imported only when a model runs.)"""
     from transformers.cache_utils import DynamicLayer
 
