@@ -198,8 +198,10 @@ def context_length(row: TrainRow) -> int:
 def context_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[TrainRow]]:
     """Micro-batches of rows that begin with the same context (a group's continuations of one start
     state), for shared_context_logprobs: within a context, rows sorted by length and grouped while
-    context + rows x longest tail <= max_tokens (the tokens one forward runs); a row that does not
-    fit goes alone. Contexts keep the order they first appear in."""
+    context + rows x longest tail <= max_tokens (the tokens one forward runs), and only while the
+    padding a row adds (longest tail - its tail) is less than the context it would otherwise run
+    again: a short continuation beside a long one costs more padded than alone. A row that does
+    not join starts the next micro-batch. Contexts keep the order they first appear in."""
     by_context: dict[tuple[int, ...], list[TrainRow]] = {}
     for row in rows:
         by_context.setdefault(tuple(row.ids[:context_length(row)]), []).append(row)
@@ -208,7 +210,8 @@ def context_batches(rows: Sequence[TrainRow], max_tokens: int) -> list[list[Trai
         batch: list[TrainRow] = []
         for row in sorted(members, key=lambda r: len(r.ids), reverse=True):
             longest_tail = len(batch[0].ids) - len(context) if batch else 0
-            if batch and len(context) + (len(batch) + 1) * longest_tail <= max_tokens:
+            padding = longest_tail - (len(row.ids) - len(context))
+            if batch and len(context) + (len(batch) + 1) * longest_tail <= max_tokens and padding < len(context):
                 batch.append(row)
             else:
                 batch = [row]

@@ -19,6 +19,11 @@ timing is kept; the first setting's step is what the model keeps), so the update
 settings are measured on the same rows. rl/logprob_gap is the mean |log pi at sampling - log pi in
 training| of rows sampled and trained under the same setting.
 
+How close an update is to what this CPU can do: each update's FLOPs (update_flops: the matmuls
+and the causal attention the rows need, no padding) per second, beside the rate of a plain fp32 matmul of the model's shapes timed at start. An update
+near that rate can be made faster only by running fewer FLOPs (e.g. a shared context run once)
+or cheaper ones (bf16 where the CPU has it), not by less overhead.
+
     python bench/rl_speed.py                       # 2 updates per setting, before and after
     python bench/rl_speed.py --after share_context=true,autocast=auto --student runs/NAME/checkpoints/sft
     python bench/rl_speed.py --only after --updates 2
@@ -104,6 +109,44 @@ def overrides(config: RLConfig, text: str) -> RLConfig:
     return dataclasses.replace(config, **changes)
 
 
+def matmul_gflops(hidden: int, seconds: float = 2.0) -> float:
+    """What this CPU's dense matmuls reach at the model's shapes, GFLOP/s: (1024, d) @ (d, 4d) in fp32 (the
+    CPU default's weights), repeated for `seconds` (a (M, K) @ (K, N) product is 2 M K N FLOPs)."""
+    x, w = torch.randn(1024, hidden), torch.randn(hidden, 4 * hidden)
+    torch.mm(x, w)  # warm-up
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        torch.mm(x, w)
+        count += 1
+    return 2 * 1024 * hidden * 4 * hidden * count / (time.perf_counter() - began) / 1e9
+
+
+def attention_pairs(micro: list, context: int) -> int:
+    """(query, key) pairs a micro-batch's causal attention needs: t + 1 for a row's token t; a shared
+    context of `context` tokens counts once, and each tail token also sees the whole context."""
+    if not context:
+        return sum(len(r.ids) * (len(r.ids) + 1) // 2 for r in micro)
+    tails = [len(r.ids) - context for r in micro]
+    return context * (context + 1) // 2 + sum(w * context + w * (w + 1) // 2 for w in tails)
+
+
+def update_flops(model, run_tokens: int, pairs: int, supervised_tokens: int) -> float:
+    """FLOPs of one update that the method needs (padding and masked attention not counted).
+
+    Weights: a token's forward is 2 FLOPs a weight, its backward 4 (input and weight gradients):
+    6 x (weight matrices outside the embedding) x tokens run. The LM head (V x d, tied to the embedding) runs
+    at supervised positions only, 8 a weight there: forward, its chunk recomputed in backward, backward.
+    Attention: a (query, key) pair costs 2 d FLOPs in Q K^T and 2 d in P V forward, twice that
+    backward: 12 d a pair a layer, d = heads x head size."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    # matrices outside the embedding (norm scales are not matmul weights); a tied head is counted once
+    body = sum(p.numel() for p in model.parameters() if p.dim() >= 2) - embedding.numel()
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 12 * config.num_attention_heads * head_size * config.num_hidden_layers * pairs
+    return 6 * body * run_tokens + 8 * embedding.numel() * supervised_tokens + attention
+
+
 def update(student, optimizer, params, rows, config, reference) -> dict:
     """One RL update on fixed rows, the steps of rl.train_rl's update (zero_grad -> micro-batches of
     forward + loss -> backward -> clip -> step), with the numbers this bench prints."""
@@ -121,8 +164,9 @@ def update(student, optimizer, params, rows, config, reference) -> dict:
     student.model.eval()
     # tokens the forward passes ran: a shared context counts once per micro-batch
     run = sum(sum(len(r.ids) for r in micro) - (len(micro) - 1) * shared_context(micro, config) for micro in batches)
+    pairs = sum(attention_pairs(micro, shared_context(micro, config)) for micro in batches)
     return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows),
-            "run_tokens": run}
+            "run_tokens": run, "pairs": pairs}
 
 
 def main() -> None:
@@ -159,8 +203,10 @@ def main() -> None:
                          f"{configs['after'].share_context}; no native bf16 on this CPU?): nothing to compare; "
                          "run one setting with --only")
     optimizer = torch.optim.AdamW(params, lr=config.lr)
+    peak_gflops = matmul_gflops(student.model.config.hidden_size)
+    print(f"dense matmul on this CPU: {peak_gflops:.0f} GFLOP/s at the model's shapes", flush=True)
     timings = {name: {"rollout_s": [], "reward_s": [], "update_s": [], "tok_per_s": [], "sampled_tok_per_s": [],
-                      "generated": [], "row_tokens": [], "gap": []} for name in settings}
+                      "generated": [], "row_tokens": [], "gap": [], "gflops": []} for name in settings}
     for update_idx in range(num_updates):
         name = settings[update_idx % len(settings)]  # the setting that samples this update's rollouts
         student.autocast_dtype = dtypes[name]
@@ -194,8 +240,10 @@ def main() -> None:
                 optimizer.load_state_dict(saved[1])
             timings[trainer]["update_s"].append(update_s)
             timings[trainer]["tok_per_s"].append(stats["row_tokens"] / update_s)
+            gflops = update_flops(student.model, stats["run_tokens"], stats["pairs"], stats["supervised_tokens"]) / update_s / 1e9
+            timings[trainer]["gflops"].append(gflops)
             line.append(f"update as {trainer} {update_s:.1f} s ({stats['row_tokens'] / update_s:.0f} tok/s, "
-                        f"{stats['run_tokens']} tokens run, gap {stats['logprob_gap']:.2e})")
+                        f"{stats['run_tokens']} tokens run, {gflops:.0f} GFLOP/s, gap {stats['logprob_gap']:.2e})")
         student.autocast_dtype = dtypes[name]
         for key, value in (("rollout_s", rollout_s), ("reward_s", reward_s), ("generated", generated),
                            ("sampled_tok_per_s", generated / rollout_s), ("row_tokens", stats["row_tokens"]),
@@ -214,13 +262,15 @@ def main() -> None:
         print(f"{name} (autocast={configs[name].autocast} -> {dtypes[name]}, share_context="
               f"{configs[name].share_context}): rollout {m['rollout_s']:.1f} s "
               f"({m['sampled_tok_per_s']:.1f} sampled tok/s), reward {m['reward_s']:.2f} s, update {m['update_s']:.1f} s "
-              f"({m['tok_per_s']:.0f} tok/s), logprob gap {m['gap']:.2e}")
+              f"({m['tok_per_s']:.0f} tok/s, {m['gflops']:.0f} GFLOP/s = {m['gflops'] / peak_gflops:.0%} of the "
+              f"matmul rate), logprob gap {m['gap']:.2e}")
     last = settings[-1]
     print(f"RESULT rl_rollout_s_per_update={median[last]['rollout_s']:.1f}")
     print(f"RESULT rl_reward_s_per_update={median[last]['reward_s']:.2f}")
     print(f"RESULT rl_update_s_per_update={median[last]['update_s']:.1f}")
     print(f"RESULT rl_update_tok_per_s={median[last]['tok_per_s']:.0f}")
     print(f"RESULT rl_peak_rss_gb={peak_rss_gb:.2f}")
+    print(f"RESULT rl_update_share_of_matmul_rate={median[last]['gflops'] / peak_gflops:.2f}")
     if len(settings) == 2:
         print(f"RESULT rl_rollout_speedup={median['after']['sampled_tok_per_s'] / median['before']['sampled_tok_per_s']:.2f}")
         print(f"RESULT rl_update_speedup={median['after']['tok_per_s'] / median['before']['tok_per_s']:.2f}")

@@ -19,7 +19,7 @@ from rl import (RLConfig, StartState, TrainRow, build_row, continuation_mask, gr
                 train_rl)
 from student import Sample, ScriptedStudent, Student, masked_token_logprobs, shared_context_logprobs, token_logprobs
 from tools import ToolResult
-from training import context_batches, micro_batches, pad_left, prepare_policy, update_batches
+from training import context_batches, micro_batches, pad_left, prepare_policy, rows_logprobs, update_batches
 
 TASK = Task(id="toy-0", task_set="toy", question="What is 6 times 7?", answer="42", grader="numeric",
             solution=(RefStep("multiply"),))
@@ -407,6 +407,40 @@ def test_shared_context_loss_matches_naive_loop(tokenizer):
     assert update_batches(rows, config) == batches
     assert update_batches(rows, dataclasses.replace(config, share_context=False)) != batches
     assert_accumulated_is_naive(student, rows, config, reference)
+
+
+def test_a_short_continuation_beside_a_long_one_runs_its_context_again():
+    """context_batches puts a row beside a longer one of its group only when the padding that adds
+    (longest tail - its tail) is less than the context it would otherwise run again: tails 20 and 19
+    after a 4-token context share it, a tail of 2 runs alone (18 padded tokens > 4 re-run)."""
+    context = [5, 6, 7, 8]
+    rows = [TrainRow(context + [9] * w, [0] * 4 + [1] * w, 1.0, [0.0] * w) for w in (2, 20, 19)]
+    assert [[len(r.ids) - 4 for r in b] for b in context_batches(rows, 10 ** 6)] == [[20, 19], [2]]
+    assert [len(b) for b in context_batches(rows, 4 + 2 * 20 - 1)] == [1, 1, 1]  # the token bound still holds
+
+
+def test_rl_speed_counts_the_flops_a_forward_and_backward_run(tokenizer):
+    """bench/rl_speed.py's FLOP count of an update, which it sets beside this CPU's matmul rate:
+    its weight matmuls equal what torch's FLOP counter counts in one forward + backward of
+    rows_logprobs (left-padded rows and a shared context; the counter sees the padding, so it is
+    passed here as tokens run), and its attention pairs equal a brute count of (query, key <= query).
+    If this failed, the bench's share of the matmul rate would be misstated."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from bench.rl_speed import attention_pairs, update_flops
+    student = make_tiny_student(tokenizer, seed=1)
+    context = list(range(100, 107))
+    rows = [TrainRow(context + list(range(200, 200 + w)), [0] * 7 + [1] * w, 1.0, [0.0] * w) for w in (5, 9, 2)]
+    for config, tokens_run in [(RLConfig(head_chunk_tokens=4), 3 * 16),  # left-padded to the longest row
+                               (RLConfig(head_chunk_tokens=4, share_context=True), 7 + 3 * 9)]:  # context once
+        student.model.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) as counter:
+            rows_logprobs(student, rows, config).sum().backward()
+        counted = counter.get_flop_counts()["Global"]
+        supervised = sum(sum(r.mask[1:]) for r in rows)  # position t predicts a supervised token t + 1
+        assert sum(counted.values()) == update_flops(student.model, tokens_run, 0, supervised)
+    brute = sum(q + 1 for r in rows for q in range(len(r.ids)))
+    assert attention_pairs(rows, 0) == brute
+    assert attention_pairs(rows, 7) == brute - 2 * sum(q + 1 for q in range(7))  # the context's pairs once
 
 
 @pytest.mark.parametrize("share_context", [True, False])
