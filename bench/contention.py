@@ -9,6 +9,7 @@ jobs falls on both. Each run gets a fresh run directory (nothing resumes).
     python bench/contention.py                   # OpenMP threads sleep when they wait (student.py)
     python bench/contention.py --waiting today   # torch's OpenMP default: spin ~3 ms at each barrier
     python bench/contention.py --waiting both    # both, run by run in one sitting
+    python bench/contention.py --waiting spin=10000,passive   # libgomp spinning 10k iterations, then sleeping
 
 `--waiting` sets the OpenMP environment of each score.py process explicitly: passive is
 OMP_WAIT_POLICY=PASSIVE (what student.py sets when score.py imports it before torch), today is
@@ -35,10 +36,21 @@ SPIN = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < 
 WAITING = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "today": {"GOMP_SPINCOUNT": "300000"}}
 
 
+def waiting_env(name: str) -> dict[str, str]:
+    """The OpenMP environment of a setting: passive, today, or spin=N (GOMP_SPINCOUNT=N: spin N
+    iterations at a barrier, then sleep)."""
+    if name in WAITING:
+        return WAITING[name]
+    count = name.partition("spin=")[2]
+    if not name.startswith("spin=") or not count.isdigit():
+        raise SystemExit(f"error: --waiting takes passive, today, both or spin=N (comma-separated), not {name!r}")
+    return {"GOMP_SPINCOUNT": count}
+
+
 def run_eval(n: int, waiting: str, busy: bool, timeout_s: float, extra: list[str]) -> tuple[float, bool, str]:
     """(wall seconds, finished in time, the `threads:` line score.py printed or '') of one score.py eval."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(WAITING[waiting])
+    env.update(waiting_env(waiting))
     spinner = None
     if busy:  # the competitor outlives the run by a margin, and is stopped when the run ends
         spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(limit=timeout_s + 60)])
@@ -65,11 +77,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=8, help="tasks per task set (score.py eval --n)")
     parser.add_argument("--repeats", type=int, default=3, help="runs idle and runs busy (medians reported)")
-    parser.add_argument("--waiting", default="passive", choices=("passive", "today", "both"))
+    parser.add_argument("--waiting", default="passive",
+                        help="passive, today, both (= passive,today) or spin=N; several comma-separated, the first "
+                             "is the one RESULT contention_slowdown reports")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="a run is stopped after this")
     parser.add_argument("extra", nargs="*", help="more score.py options after --, e.g. -- --threads 1")
     args = parser.parse_args()
-    settings = ["passive", "today"] if args.waiting == "both" else [args.waiting]
+    settings = ["passive", "today"] if args.waiting == "both" else args.waiting.split(",")
+    for waiting in settings:
+        waiting_env(waiting)  # a bad name ends here, before any run
     walls: dict[tuple[str, bool], list[tuple[float, bool]]] = {}
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for repeat in range(args.repeats):
@@ -77,7 +93,7 @@ def main() -> None:
             for busy in (False, True):
                 wall, finished, threads_line = run_eval(args.n, waiting, busy, args.timeout_s, args.extra)
                 walls.setdefault((waiting, busy), []).append((wall, finished))
-                print(f"run {repeat + 1} waiting={waiting:7s} {'busy' if busy else 'idle'}: "
+                print(f"run {repeat + 1} waiting={waiting:11s} {'busy' if busy else 'idle'}: "
                       f"{'' if finished else '>= '}{wall:6.1f} s   load {os.getloadavg()[0]:.2f}   "
                       f"{threads_line or '(score.py printed no threads line)'}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -87,7 +103,7 @@ def main() -> None:
         bound = "" if all(f for _, f in walls[(waiting, True)]) else ">="
         print(f"waiting={waiting}: median idle {idle:.1f} s, median busy {bound}{busy:.1f} s, "
               f"slowdown {bound}{busy / idle:.2f}x")
-    if args.waiting == "both":
+    if "passive" in settings and "today" in settings:
         idle_ratio = (statistics.median(w for w, _ in walls[("passive", False)])
                       / statistics.median(w for w, _ in walls[("today", False)]))
         print(f"RESULT contention_idle_passive_vs_today={idle_ratio:.2f}")
