@@ -43,8 +43,10 @@ from typing import Callable, Sequence
 # Torch's CPU kernels run on GNU OpenMP, whose default is to spin ~3 ms at every barrier. Alone on
 # the machine that is harmless; beside one other busy process on a 2-core machine, the thread that
 # shares its core is descheduled, its partner spins on the barrier, and a rollout or a training
-# step ran 5-10x slower (bench/RESULTS.md, "A busy machine"). Sleeping threads wake in microseconds,
-# which a decode step of milliseconds does not notice. libgomp reads the policy once, when torch
+# step ran 5-10x slower (bench/RESULTS.md, "A busy machine"). Sleeping has a price on an idle
+# machine: each of a decode step's few hundred barriers waits for a thread to wake (evaluation was
+# 1.46x slower idle on a Zen 5 guest, against 1.15x instead of 3.99x beside one busy process; any
+# shorter spin still collapsed there). Robustness wins. libgomp reads the policy once, when torch
 # loads its library, so it must be set before the first `import torch` of the process: here, if
 # this module is imported first (score.py must do so), and never over a value the user set
 # (OMP_WAIT_POLICY, or GOMP_SPINCOUNT, which wins over it).
