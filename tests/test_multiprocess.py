@@ -90,10 +90,7 @@ def test_rl_under_two_processes_takes_the_steps_of_one(tmp_path):
     for a, b in zip(one_metrics, two_metrics):
         assert a["rl/groups"] == b["rl/groups"] == 3 and a["rl/reward_mean"] == b["rl/reward_mean"]
         assert a["rl/supervised_tokens"] == b["rl/supervised_tokens"]
-        # The loss sums 648 fp32 terms of size ~|A| <= 1 that cancel to ~1e-3, in another order under two
-        # processes: rounding is ~sqrt(648) x 6e-8 x |A| ~ 1e-6 (measured up to 1.04e-7 after 3 updates on
-        # one CPU). Averaging instead of summing, or a per-process N, would move it by ~1e-3.
-        assert a["rl/loss"] == pytest.approx(b["rl/loss"], rel=1e-5, abs=1e-6)
+        assert a["rl/loss"] == pytest.approx(b["rl/loss"], rel=1e-5, abs=1e-7)
         assert a["rl/grad_norm"] == pytest.approx(b["rl/grad_norm"], rel=1e-4)
     assert one_metrics[0]["rl/skipped_groups"] < 3  # the updates really stepped
     one, two_weights = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
