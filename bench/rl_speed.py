@@ -20,9 +20,10 @@ settings are measured on the same rows. rl/logprob_gap is the mean |log pi at sa
 training| of rows sampled and trained under the same setting.
 
 How close an update is to what this CPU can do: each update's FLOPs (update_flops: the matmuls
-and the causal attention the rows need, no padding) per second, beside the rate of a plain fp32 matmul of the model's shapes timed at start. An update
-near that rate can be made faster only by running fewer FLOPs (e.g. a shared context run once)
-or cheaper ones (bf16 where the CPU has it), not by less overhead.
+and the causal attention the rows need, no padding) per second, beside the rate of a plain fp32
+matmul of the model's shapes timed at start. An update near that rate can be made faster only by
+running fewer FLOPs (e.g. a shared context run once) or cheaper ones (bf16 where the CPU has it),
+not by less overhead.
 
     python bench/rl_speed.py                       # 2 updates per setting, before and after
     python bench/rl_speed.py --after share_context=true,autocast=auto --student runs/NAME/checkpoints/sft
@@ -163,8 +164,9 @@ def update(student, optimizer, params, rows, config, reference) -> dict:
     optimizer.step()
     student.model.eval()
     # tokens the forward passes ran: a shared context counts once per micro-batch
-    run = sum(sum(len(r.ids) for r in micro) - (len(micro) - 1) * shared_context(micro, config) for micro in batches)
-    pairs = sum(attention_pairs(micro, shared_context(micro, config)) for micro in batches)
+    shared = [shared_context(micro, config) for micro in batches]
+    run = sum(sum(len(r.ids) for r in micro) - (len(micro) - 1) * size for micro, size in zip(batches, shared))
+    pairs = sum(attention_pairs(micro, size) for micro, size in zip(batches, shared))
     return {"logprob_gap": gap / num_tokens, "supervised_tokens": num_tokens, "row_tokens": sum(len(r.ids) for r in rows),
             "run_tokens": run, "pairs": pairs}
 
