@@ -43,9 +43,11 @@ Deviations from the paper, each with its reason:
   6. The template's end-of-turn token is not trained (SFT trains it): it was never sampled, so it
      is not an action of this policy and has no sampling log-prob (METHOD.md section 2).
   7. Data parallel, not the paper's 8-GPU PPO setup: under `accelerate launch --num_processes N`
-     (or torchrun) each process samples and scores its share of an update's start states, the
-     normaliser N is summed over all processes, and the gradients are summed (not averaged) before the
-     one clipped step, so N processes take the same step as one (training.Processes).
+     (or torchrun) each process samples and scores its share of an update's start states; then every
+     process holds the whole update's rows, cuts them into the micro-batches one process would, and
+     runs its share of those; the gradients are summed (not averaged) before the one clipped step. So
+     N processes take the step of one, each micro-batch's forward exactly as one process runs it
+     (training.Processes).
 """
 from __future__ import annotations
 
@@ -401,19 +403,24 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
             # 3. Advantages, A_i = r_i - mean(r) per group; None where all rewards are equal: no signal, skipped.
             advantages = [group_advantages([r.reward for r in g], config.advantage) for g in rewards]
             # The rows the loss sees: the exact sampled ids of each continuation, m = 1 on what it generated.
-            rows = [build_row(student.tokenizer, t, s.k, a) for s, g, adv in zip(batch, groups, advantages)
-                    if adv is not None for t, a in zip(g, adv)]
-            rows = [r for r in rows if sum(r.mask)]  # a continuation of empty turns has nothing to train
+            row_lists = [[build_row(student.tokenizer, t, s.k, a) for t, a in zip(g, adv)] if adv is not None else []
+                         for s, g, adv in zip(batch, groups, advantages)]  # (P, G), (P, 0) where skipped
+            # From here on every process holds the whole update, in one process's order of start states.
+            batch, groups, rewards, advantages, row_lists = processes.merge(batch, groups, rewards, advantages,
+                                                                            row_lists)
+            # (a continuation of empty turns has nothing to train)
+            rows = [row for row_list in row_lists for row in row_list if sum(row.mask)]
             reward_s, t0 = time.perf_counter() - t0, time.perf_counter()
             # 4. One update (none if every group was skipped): zero_grad -> forward -> loss -> backward -> clip -> step.
             #    L = -(1/N) sum_i sum_t A_i log pi(a_it | s_it), N = supervised tokens of the non-skipped
             #    groups: every sampled token weighs the same, whichever micro-batch it lands in.
-            num_tokens = processes.sum(sum(sum(r.mask) for r in rows))  # N, over every process's rows
+            num_tokens = sum(sum(r.mask) for r in rows)  # N
             sums, grad_norm = Counter(), None  # the update's L, sum of k3, sum of |log-prob gap|
             if num_tokens:
                 student.model.train()
                 optimizer.zero_grad(set_to_none=True)
-                for micro in update_batches(rows, config):  # bounded tokens per forward
+                # bounded tokens per forward; this process's share of the micro-batches one process would run
+                for micro in processes.shard(update_batches(rows, config)):
                     # forward, and this micro-batch's share of L (with the update's N)
                     loss, numbers = micro_batch_loss(student, micro, num_tokens, config, reference)
                     loss.backward()  # the shares' gradients add up to dL
@@ -424,8 +431,7 @@ def train_rl(student: Student, keysteps: Sequence[dict], tasks_by_id: dict, conf
                 student.model.eval()  # the next rollouts sample
             update_s = time.perf_counter() - t0
             # 5. Log, dump one group's continuations, checkpoint when due (rank 0, over the whole batch).
-            batch, groups, rewards, advantages, rows, sums = processes.gather(batch, groups, rewards, advantages,
-                                                                              rows, sums)
+            sums = processes.sum_counts(sums)
             record = update_record(update_idx, per_epoch, batch, groups, rewards, advantages, rows, sums, grad_norm,
                                    {"rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s}, config)
             if update_idx % config.samples_every == 0 and processes.main:

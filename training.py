@@ -243,8 +243,11 @@ class Processes:
 
     Under `accelerate launch --num_processes N` / torchrun, process r samples start states r, r + N, ...
     of each update (their rollout seeds depend on the start state, not on r, so the episodes are those
-    one process would sample), N sums the supervised tokens of all processes, and the gradients are
-    summed: each process's loss terms are already divided by the global N, so the sum is dL."""
+    one process would sample). Then `merge` gives every process the whole update in one process's
+    order, every process cuts the same micro-batches, and process r runs micro-batches r, r + N, ...:
+    each forward is the one a single process runs, with the same rows and padding, so its float
+    rounding is the same too. Each loss term is already divided by the update's N, so the summed
+    gradients are dL."""
 
     def __init__(self, student: Student):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -260,33 +263,35 @@ class Processes:
     def shard(self, items: list) -> list:
         return items[self.rank::self.world]
 
-    def sum(self, number: int) -> int:
+    def merge(self, *fields: list) -> tuple[list, ...]:
+        """Per-start-state lists of this process's shard (`shard`) -> the same lists over the whole
+        update, in the order of one process, on every process."""
         if self.world == 1:
-            return number
-        total = torch.tensor([number], dtype=torch.float64)
-        torch.distributed.all_reduce(total)
-        return int(total.item())
+            return fields
+        pieces = [None] * self.world
+        torch.distributed.all_gather_object(pieces, list(zip(*fields)))  # each: this process's starts
+        longest = max(len(p) for p in pieces)  # start i of process j was start i * N + j of the update
+        starts = [p[i] for i in range(longest) for p in pieces if i < len(p)]
+        return tuple(list(field) for field in zip(*starts)) if starts else tuple([] for _ in fields)
 
     def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         if self.world == 1:
             return
-        for p in params:  # a process with no rows still joins, with zeros
+        for p in params:  # a process with no micro-batch still joins, with zeros
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
 
-    def gather(self, batch, groups, rewards, advantages, rows, sums):
-        """Every process's share of the update, back in the order of one process, for the metrics."""
+    def sum_counts(self, sums: Counter) -> Counter:
+        """Every process's sums of the update's metrics, added up."""
         if self.world == 1:
-            return batch, groups, rewards, advantages, rows, sums
+            return sums
         pieces = [None] * self.world
-        torch.distributed.all_gather_object(pieces, (batch, groups, rewards, advantages, rows, sums))
-        longest = max(len(p[0]) for p in pieces)  # start i of process j was start i * N + j of the update
-        merged = [[p[field][i] for i in range(longest) for p in pieces if i < len(p[field])] for field in range(4)]
-        all_sums = Counter()
+        torch.distributed.all_gather_object(pieces, sums)
+        total = Counter()
         for p in pieces:
-            all_sums.update(p[5])  # update adds (a loss may be negative; Counter's + would drop it)
-        return (*merged, [row for p in pieces for row in p[4]], all_sums)
+            total.update(p)  # update adds (a loss may be negative; Counter's + would drop it)
+        return total
 
     def barrier(self) -> None:
         if self.world > 1:

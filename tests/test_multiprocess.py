@@ -72,9 +72,11 @@ rl.train_rl(student, [keystep_record(task_id=t) for t in tasks], tasks, quick(nu
 
 def test_rl_under_two_processes_takes_the_steps_of_one(tmp_path):
     """Two processes share each RL update (3 start states: 2 on rank 0, 1 on rank 1): N summed over
-    both, gradients summed before the one clipped step. The metrics and the final weights match one
-    process up to float rounding; rank 0 alone writes them. If this failed, data-parallel RL would
-    average instead of sum, normalise per process, or drift apart between processes."""
+    both, gradients summed before the one clipped step. Both processes cut the micro-batches one
+    process would, so the first update's forwards, and its loss, are one process's to the bit; later
+    updates differ only by the order the gradients were added in. Rank 0 alone writes the metrics. If
+    this failed, data-parallel RL would average instead of sum, normalise per process, batch other
+    rows together than one process, or drift apart between processes."""
     from safetensors.torch import load_file
     script = tmp_path / "rl_run.py"
     script.write_text(RL_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests")))
@@ -87,6 +89,7 @@ def test_rl_under_two_processes_takes_the_steps_of_one(tmp_path):
     one_metrics, two_metrics = ([json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
                                 for d in ("one", "two"))
     assert len(one_metrics) == len(two_metrics) == 3  # one line per update, not one per process
+    assert one_metrics[0]["rl/loss"] == two_metrics[0]["rl/loss"]  # the same weights and micro-batches
     for a, b in zip(one_metrics, two_metrics):
         assert a["rl/groups"] == b["rl/groups"] == 3 and a["rl/reward_mean"] == b["rl/reward_mean"]
         assert a["rl/supervised_tokens"] == b["rl/supervised_tokens"]
