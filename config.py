@@ -46,7 +46,9 @@ KNOWLEDGE = 0.25
 
 # ----------------------------------------------------------------------------------------------
 # Each phase's own settings: the dataclasses that mps.py, sft.py (BC and SCoRe-SFT) and rl.py take.
-# Their defaults are the CPU preset; TRAINING_PRESETS below holds the GPU one. The loop's options
+# Their defaults are the CPU preset, except RL's bf16 autocast, which changes its rounding: RLConfig
+# keeps the exact fp32 forwards, the CPU preset in TRAINING_PRESETS below turns autocast on where the CPU
+# has native bf16, and TRAINING_PRESETS also holds the GPU preset. The loop's options
 # (Config, after these) reach them through `to` and phase_config, so each default lives here once.
 # `operational=True` marks a field that changes nothing learned: it may differ when a run resumes.
 
@@ -85,7 +87,8 @@ class SFTConfig:
 @dataclass(frozen=True)
 class RLConfig:
     """One RL run. Defaults are the CPU preset (SmolLM2-135M, full fine-tuning, fp32; 16 episodes an update,
-    about a minute on the 2-core CPU); config.TRAINING_PRESETS holds the GPU one."""
+    about a minute on the 2-core CPU) with every forward in fp32; config.TRAINING_PRESETS holds the
+    presets: the CPU one adds bf16 autocast where the CPU has it, the GPU one its own sizes."""
     lr: float = option(1e-5, "AdamW learning rate, constant (DESIGN.md presets; paper: 7e-7, full fine-tuning of 7B)")
     group_size: int = option(4, "G: continuations sampled per start state (paper: 16; GPU preset: 8)")
     prompts_per_update: int = option(4, "start states per update: an update runs G x this many episodes (paper: 128)")
@@ -115,14 +118,16 @@ class RLConfig:
     head_chunk_tokens: int = option(1024, "supervised positions per LM-head chunk: bounds the (n, V) logits")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% slower")
     # off by default: in the default loop it saved ~10% of update time and raised the peak memory from
-    # 6.8 to 7.3 GB (bench/RESULTS.md, "RL updates: a group's shared prompt and prefix run once")
+    # 6.8 to 7.3 GB (bench/RESULTS.md, "RL updates: a group's shared prompt and prefix run once"); beside
+    # bf16 autocast, with 2048 tokens a forward, it adds ~11% ("RL updates in bf16 on the SFT student")
     share_context: bool = option(False, "run a group's shared prompt and prefix once per forward, its rows' "
                                         "continuations after it (the same numbers; ignored with gradient "
                                         "checkpointing)")
     # matmuls of every forward pass (sampling and training) in bf16 over fp32 weights: "auto" = where the
-    # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off by default: on the untrained
-    # 135M student the update ran 1.45x faster but rl/logprob_gap rose from 3e-6 to 1.3-1.6e-2, over
-    # the 1e-2 an on-policy check allows (bench/RESULTS.md, "RL updates: bf16 autocast")
+    # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off here, "auto" in the CPU preset:
+    # on the SFT student RL starts from, rl/logprob_gap is 2-4e-3 (fp32: ~4e-7), under the 1e-2 an
+    # on-policy check allows; on the untrained 135M student it is 1.3-1.8e-2, and each update's console
+    # line says so (training.OFF_POLICY_GAP; bench/RESULTS.md, "RL updates: bf16 autocast")
     autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass: auto | bfloat16 | off")
     seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
     checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)",
@@ -233,10 +238,14 @@ class Config:
     advantage: str = arg(RLConfig.advantage, "RL advantage: mean (r - group mean), grpo (also / std), rloo "
                                              "(leave-one-out)", "rl", ("mean", "grpo", "rloo"))
     kl_coef: float = arg(RLConfig.kl_coef, "KL penalty to the SFT policy (paper: 0)", "rl")
-    rl_autocast: str = arg(RLConfig.autocast, "RL's forward passes (rollouts and update) in bf16 over fp32 weights: "
-                                              "auto (where the CPU or GPU has native bf16), bfloat16, or off "
-                                              "(bench/RESULTS.md: faster, but a larger rl/logprob_gap)", "rl",
-                           ("off", "auto", "bfloat16"), to="autocast")
+    rl_autocast: str | None = arg(None, "RL's forward passes (rollouts and update) in bf16 over fp32 weights: auto "
+                                        "(where the CPU has native bf16), bfloat16, or off (bench/RESULTS.md: "
+                                        "faster, and a larger rl/logprob_gap)", "rl", ("off", "auto", "bfloat16"),
+                                  to="autocast")
+    rl_share_context: bool | None = arg(None, "RL's update runs a group's shared prompt and prefix once per forward "
+                                              "(true or false)", "rl", to="share_context")
+    rl_micro_batch_tokens: int | None = arg(None, "tokens per forward of RL's update: bounds its memory", "rl",
+                                            to="micro_batch_tokens")
     rl_start: str = arg(RLConfig.rl_start, "prefix (restart before the key step) or question (ablation: the bare "
                                            "task)", "rl", ("prefix", "question"))
     reward: str = arg(RLConfig.reward, "keystep (METHOD.md's table) or outcome (ablation: 1 if correct, else 0)", "rl",
@@ -299,7 +308,7 @@ SMALL_STUDENTS = {"smol-135m"}
 # bf16): a 7B RL update with these settings peaked at 37 GiB on an H100 (bench/RESULTS.md). BC and
 # SCoRe-SFT share the SFT loop; the options of the phase (bc_lr, sft_lr, ...) are laid over it.
 TRAINING_PRESETS = {
-    "cpu": {"sft": SFTConfig(), "rl": RLConfig(), "mps": MPSConfig()},
+    "cpu": {"sft": SFTConfig(), "rl": RLConfig(autocast="auto"), "mps": MPSConfig()},
     "gpu": {"sft": SFTConfig(lr=1e-4, micro_batch_tokens=16384, grad_accum=4, max_length=8192,
                              gradient_checkpointing=True),
             "rl": RLConfig(group_size=8, prompts_per_update=16, micro_batch_tokens=32768, gradient_checkpointing=True),
@@ -444,7 +453,8 @@ def run_name(config: Config) -> str:
 
 # Counts for which 0 (or less) would run nothing, or run something else than asked.
 COUNTS = ("n", "n_train", "max_steps", "max_new_tokens", "max_context_tokens", "max_output_chars", "bc_epochs",
-          "sft_epochs", "rl_epochs", "rl_updates", "eval_batch_size", "threads", "max_corrections")
+          "sft_epochs", "rl_epochs", "rl_updates", "eval_batch_size", "threads", "max_corrections",
+          "rl_micro_batch_tokens")
 SHARES = ("bc_fraction", "keep_correct_rate", "teacher_knowledge")  # fractions in [0, 1]
 POSITIVE = ("bc_lr", "sft_lr", "rl_lr", "timeout_s")  # > 0
 NON_NEGATIVE = ("mps_temperature", "eval_temperature", "kl_coef")  # >= 0
@@ -463,7 +473,7 @@ def check_config(config: Config) -> None:
     """Options that cannot run as asked end here, before anything is written, with one line."""
     for name, allowed in CHOICES.items():
         value = getattr(config, name)
-        if value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
+        if value is not None and value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
             raise ConfigError(f"unknown {flag(name)} {value!r}: use {', '.join(allowed)}")
     for name in COUNTS:
         value = getattr(config, name)

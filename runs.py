@@ -57,10 +57,18 @@ def option_type(f: dataclasses.Field):
     """How a flag's text becomes the field's value: by the default's type, or the one in `X | None`;
     `bool | None` (lora) reads auto / true / false."""
     if "bool" in str(f.type) and f.default is None:
-        return lambda text: {"auto": None, "true": True, "false": False}[text.lower()]
+        return auto_true_false
     if f.default is not None:
         return type(f.default)
     return float if "float" in str(f.type) else int if "int" in str(f.type) else str
+
+
+def auto_true_false(text: str) -> bool | None:
+    """A `bool | None` flag's value: auto (None), true or false; anything else is argparse's one-line error."""
+    values = {"auto": None, "true": True, "false": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, true or false")
+    return values[text.lower()]
 
 
 def add_flags(parser, config_class, group_of=None, aliases: dict | None = None, none_means: str = "") -> None:

@@ -374,7 +374,21 @@ def human_line(record: dict, num_updates: int) -> str:
             f"skipped {record['rl/skipped_groups']}/{record['rl/groups']} loss {number('rl/loss', '.4f')} "
             f"grad {number('rl/grad_norm', '.2f')}" + (f" kl {number('rl/kl', '.4f')}" if "rl/kl" in record else "")
             + f" tokens {record['rl/supervised_tokens']}/{record['rl/generated_tokens']} rollout "
-            f"{record['rl/rollout_s']:.1f}s reward {record['rl/reward_s']:.1f}s update {record['rl/update_s']:.1f}s")
+            f"{record['rl/rollout_s']:.1f}s reward {record['rl/reward_s']:.1f}s update {record['rl/update_s']:.1f}s"
+            + f" gap {number('rl/logprob_gap', '.1e')}" + off_policy_warning(record.get("rl/logprob_gap")))
+
+
+# rl/logprob_gap above this says the update no longer trains the policy that sampled its rows (REINFORCE
+# here has no importance ratio to correct for it). fp32 stays near 1e-6; bf16 autocast on a trained
+# 135M student 2-4e-3, on the untrained one 1-2e-2 (bench/RESULTS.md).
+OFF_POLICY_GAP = 1e-2
+
+
+def off_policy_warning(gap: float | None) -> str:
+    """What the console line adds when an update's log-prob gap is over OFF_POLICY_GAP."""
+    if gap is None or gap <= OFF_POLICY_GAP:
+        return ""
+    return f" (over {OFF_POLICY_GAP:g}: off-policy; --rl-autocast off samples and trains in fp32)"
 
 
 def sample_record(update: int, start: StartState, group: Sequence[Trajectory], rewards: Sequence[Reward],

@@ -391,16 +391,45 @@ def test_imitation_reuses_bc_whatever_the_bc_share(tmp_path):
     assert reusable_phases(parse_args(["--method", "imitation", "--bc-lr", "1e-4"]), source)[0] == ["eval"]
 
 
-def test_rl_autocast_reaches_the_rl_phase_and_is_checked():
-    """--rl-autocast is RLConfig.autocast in phase 3 (off by default: the standing on-policy gap); an
-    unknown value ends in one line before any work."""
-    from config import check_config, section
-    from rl import RLConfig
+def test_rl_speed_options_come_from_the_preset_unless_given(capsys):
+    """--rl-autocast, --rl-share-context and --rl-micro-batch-tokens are RLConfig's autocast, share_context
+    and micro_batch_tokens in phase 3; left out, each is the training preset's (cpu: bf16 where the CPU has
+    it, every row padded whole, 1024 tokens; gpu: 32768 tokens). Bad values end in one line."""
+    from config import check_config, resolve
     from runs import ConfigError
-    assert section(parse_args([]), "rl", RLConfig()).autocast == "off"
-    assert section(parse_args(["--rl-autocast", "auto"]), "rl", RLConfig()).autocast == "auto"
+
+    def rl(*flags):
+        config = resolve(parse_args(list(flags)))
+        check_config(config)
+        found = phase_config(config, "rl")
+        return found.autocast, found.share_context, found.micro_batch_tokens
+
+    assert rl("--preset", "cpu") == rl("--preset", "cpu-full") == ("auto", False, 1024)
+    assert rl("--preset", "cpu", "--rl-autocast", "off", "--rl-share-context", "true",
+              "--rl-micro-batch-tokens", "2048") == ("off", True, 2048)
+    assert rl("--preset", "cpu", "--rl-share-context", "auto") == ("auto", False, 1024)
+    assert rl("--preset", "gpu")[2] == 32768
     with pytest.raises(ConfigError, match="unknown --rl-autocast 'fp8': use off, auto, bfloat16"):
         check_config(parse_args(["--rl-autocast", "fp8"]))
+    with pytest.raises(ConfigError, match="--rl-micro-batch-tokens 0: give at least 1"):
+        check_config(parse_args(["--rl-micro-batch-tokens", "0"]))
+    with pytest.raises(SystemExit):
+        parse_args(["--rl-share-context", "maybe"])
+    assert "--rl-share-context: 'maybe': use auto, true or false" in capsys.readouterr().err
+
+
+def test_an_rl_update_line_shows_the_log_prob_gap_and_warns_when_it_is_off_policy():
+    """The console line of an update ends with rl/logprob_gap, and says so when it is over 1e-2 (bf16
+    autocast on an untrained student): the rows were then not sampled by the policy being trained."""
+    from training import OFF_POLICY_GAP, human_line
+    record = {"rl/update": 1, "rl/reward_mean": 0.5, "rl/share_correct": 0.25, "rl/share_key_teacher": 0.0,
+              "rl/skipped_groups": 0, "rl/groups": 4, "rl/loss": -0.01, "rl/grad_norm": 0.3,
+              "rl/supervised_tokens": 10, "rl/generated_tokens": 12, "rl/rollout_s": 1.0, "rl/reward_s": 0.0,
+              "rl/update_s": 2.0, "rl/logprob_gap": 3e-3}
+    assert human_line(record, 5).endswith("gap 3.0e-03")
+    line = human_line({**record, "rl/logprob_gap": 2 * OFF_POLICY_GAP}, 5)
+    assert "gap 2.0e-02 (over 0.01: off-policy" in line and "--rl-autocast off" in line
+    assert human_line({**record, "rl/logprob_gap": None, "rl/loss": None}, 5).endswith("gap -")
 
 
 def test_repeats_are_errors_is_for_the_reference_teacher_only():
