@@ -127,7 +127,7 @@ class RLConfig:
     # CPU has native bf16 and the weights are fp32 | "bfloat16" | "off". Off here, "auto" in the CPU preset:
     # on the SFT student RL starts from, rl/logprob_gap is 2-4e-3 (fp32: ~4e-7), under the 1e-2 an
     # on-policy check allows; on the untrained 135M student it is 1.3-1.8e-2, and each update's console
-    # line says so (training.OFF_POLICY_GAP; bench/RESULTS.md, "RL updates: bf16 autocast")
+    # line says so (training.OFF_POLICY_GAP; bench/RESULTS.md, "RL updates in bf16 on the SFT student")
     autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass: auto | bfloat16 | off")
     seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
     checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)",
