@@ -476,7 +476,9 @@ def check_config(config: Config) -> None:
     """Options that cannot run as asked end here, before anything is written, with one line."""
     for name, allowed in CHOICES.items():
         value = getattr(config, name)
-        if value is not None and value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
+        if value is None:  # left to the training preset (rl_autocast)
+            continue
+        if value not in allowed and not (name == "device" and value.startswith("cuda:") and value[5:].isdigit()):
             raise ConfigError(f"unknown {flag(name)} {value!r}: use {', '.join(allowed)}")
     for name in COUNTS:
         value = getattr(config, name)
