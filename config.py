@@ -46,9 +46,9 @@ KNOWLEDGE = 0.25
 
 # ----------------------------------------------------------------------------------------------
 # Each phase's own settings: the dataclasses that mps.py, sft.py (BC and SCoRe-SFT) and rl.py take.
-# Their defaults are the CPU preset, except RL's bf16 autocast, which changes its rounding: RLConfig
-# keeps the exact fp32 forwards, the CPU preset in TRAINING_PRESETS below turns autocast on where the CPU
-# has native bf16, and TRAINING_PRESETS also holds the GPU preset. The loop's options
+# Their defaults are the CPU preset, except bf16 autocast, which changes the rounding: SFTConfig and
+# RLConfig keep the exact fp32 forwards, the CPU preset in TRAINING_PRESETS below turns autocast on where
+# the CPU has native bf16, and TRAINING_PRESETS also holds the GPU preset. The loop's options
 # (Config, after these) reach them through `to` and phase_config, so each default lives here once.
 # `operational=True` marks a field that changes nothing learned: it may differ when a run resumes.
 
@@ -77,7 +77,12 @@ class SFTConfig:
     lora_rank: int = option(64, "LoRA r (DESIGN.md: r = 64 on attention + MLP)")
     lora_alpha: int = option(128, "LoRA scale alpha (the update is multiplied by alpha / r)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% slower")
-    bf16: bool = option(True, "autocast matmuls to bf16 on CUDA (ignored on CPU, which trains in fp32)")
+    bf16: bool = option(True, "autocast matmuls to bf16 on CUDA (accelerate's mixed precision; CPU: autocast)")
+    # the CPU's counterpart of bf16, as RLConfig.autocast: "auto" = where the CPU has native bf16 and the
+    # weights are fp32 | "bfloat16" | "off". Off here (the tests check fp32 losses), "auto" in the CPU
+    # preset: the forward and backward of a packed row ~1.6x faster, the held-out loss the same to
+    # ~0.01 (bench/RESULTS.md, "BC and SCoRe-SFT in bf16"). The LM head stays in fp32 (student.head_logits).
+    autocast: str = option("off", "bf16 matmuls over fp32 weights in the forward on CPU: auto | bfloat16 | off")
     seed: int = option(0, "orders the documents each epoch and seeds a fresh LoRA adapter")
     checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)",
                                    operational=True)
@@ -196,6 +201,9 @@ class Config:
     bc_lr: float | None = arg(None, "peak learning rate of the BC warm start (phase 0), from the base student", "bc",
                               to="lr")
     bc_epochs: int | None = arg(None, "epochs of the BC warm start", "bc", to="epochs")
+    bc_autocast: str | None = arg(None, "BC's forward passes in bf16 over fp32 weights on CPU: auto (the CPU "
+                                        "preset: where the CPU has native bf16), bfloat16, or off (exact fp32)",
+                                  "bc", ("off", "auto", "bfloat16"), to="autocast")
 
     # Phase 1: MPS
     max_corrections: int = arg(MPSConfig.max_corrections, "teacher corrections per MPS episode (paper: 3 in its code)",
@@ -224,6 +232,9 @@ class Config:
     sft_lr: float | None = arg(None, "peak learning rate of SCoRe-SFT (phase 2), continuing from the BC weights",
                                "sft", to="lr")
     sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft", to="epochs")
+    sft_autocast: str | None = arg(None, "SCoRe-SFT's forward passes in bf16 over fp32 weights on CPU: auto, "
+                                         "bfloat16 or off, as --bc-autocast", "sft", ("off", "auto", "bfloat16"),
+                                   to="autocast")
     sft_replay_bc: bool = arg(False, "SCoRe-SFT also trains on the BC warm start's correct teacher trajectories "
                                      "(a remedy measured in bench/RESULTS.md, not the paper's recipe)", "sft")
 
@@ -311,7 +322,7 @@ SMALL_STUDENTS = {"smol-135m"}
 # bf16): a 7B RL update with these settings peaked at 37 GiB on an H100 (bench/RESULTS.md). BC and
 # SCoRe-SFT share the SFT loop; the options of the phase (bc_lr, sft_lr, ...) are laid over it.
 TRAINING_PRESETS = {
-    "cpu": {"sft": SFTConfig(), "rl": RLConfig(autocast="auto"), "mps": MPSConfig()},
+    "cpu": {"sft": SFTConfig(autocast="auto"), "rl": RLConfig(autocast="auto"), "mps": MPSConfig()},
     "gpu": {"sft": SFTConfig(lr=1e-4, micro_batch_tokens=16384, grad_accum=4, max_length=8192,
                              gradient_checkpointing=True),
             "rl": RLConfig(group_size=8, prompts_per_update=16, micro_batch_tokens=32768, gradient_checkpointing=True),

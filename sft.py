@@ -33,7 +33,9 @@ Deviations from the paper (and from common SFT recipes), each with its reason:
    the count is printed and returned. The CPU default caps at 1024 tokens to keep fp32 full
    fine-tuning under 6 GB of RAM; reference trajectories are ~500 tokens.
 5. Full fine-tuning of a bf16 model keeps fp32 master weights during training (AdamW steps on bf16
-   weights lose small updates) and casts back at the end.
+   weights lose small updates) and casts back at the end. The matmuls may still run in bf16: on CUDA
+   through accelerate (`bf16`), on a CPU with native bf16 through torch.autocast (`autocast`, the CPU
+   preset's "auto"); the LM head and the loss stay in fp32 either way.
 
 Run it (the CLI normally calls `train_sft` for `python score.py bc` and `python score.py sft`):
     python sft.py --trajectories runs/NAME/sft.jsonl --student runs/NAME/checkpoints/bc --out /tmp/sft
@@ -54,7 +56,7 @@ import torch
 from agent import Trajectory, derive_seed, render_ids
 from config import SFTConfig  # this phase's settings (config.py: every option's one home)
 from runs import TrainingRun, git_commit, learned_settings, make_console
-from training import RowLogprobs, cast_parameters, prepare_model
+from training import RowLogprobs, autocast_dtype, cast_parameters, prepare_model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,8 +255,13 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
     use_lora = prepare_model(student, config)  # LoRA, or every weight in fp32; gradient checkpointing
     model = student.model
     params = [p for p in model.parameters() if p.requires_grad]
+    # bf16 matmuls over the fp32 weights in the forward (the backward follows the forward's dtypes):
+    # on CUDA accelerate's mixed precision does it, on CPU this autocast (None: fp32 throughout).
+    cpu_autocast = autocast_dtype(config.autocast, student) if student.device.type == "cpu" else None
+    forward_context = (lambda: torch.autocast("cpu", dtype=cpu_autocast)) if cpu_autocast else contextlib.nullcontext
     console.print(f"{label}: {'LoRA r=' + str(config.lora_rank) if use_lora else 'full fine-tuning'}, "
-                  f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, lr {config.lr:g}")
+                  f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, lr {config.lr:g}"
+                  + (", bf16 autocast" if cpu_autocast else ""))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, num_updates, warmup))
     # The scheduler is not prepared: accelerate would step it once per process, and our update
@@ -291,7 +298,8 @@ def train_sft(student, trajectories: Sequence[Trajectory], config: SFTConfig, ou
                 last = i == len(mine) - 1  # DDP all-reduces gradients on the last micro-batch only
                 with contextlib.nullcontext() if last else accelerator.no_sync(scorer):
                     # forward, and this row's share of L = (1/N) sum_r sum_t m_rt * -log pi(y_rt | y_r,<t)
-                    loss, nll_sum = micro_batch_loss(scorer, row, device, num_update_tokens, world)
+                    with forward_context():
+                        loss, nll_sum = micro_batch_loss(scorer, row, device, num_update_tokens, world)
                     accelerator.backward(loss * weight)  # backward: the rows' gradients add up to dL
                 nll_total += nll_sum * weight
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # clip (returns the norm before)

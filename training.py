@@ -91,10 +91,11 @@ def prepare_policy(student: Student, config: RLConfig) -> tuple[bool, list, Stud
 
 
 def autocast_dtype(setting: str, student: Student) -> torch.dtype | None:
-    """RLConfig.autocast -> the compute dtype of forward passes over the (fp32) weights, or None.
+    """RLConfig.autocast or SFTConfig.autocast -> the compute dtype of forward passes over the (fp32)
+    weights, or None.
     On CPU, bf16 pays only with native bf16 instructions (AVX512-BF16, AMX); elsewhere it is emulated."""
     if setting not in ("auto", "bfloat16", "off"):
-        raise ValueError(f"RLConfig.autocast must be auto, bfloat16 or off, not {setting!r}")
+        raise ValueError(f"autocast must be auto, bfloat16 or off, not {setting!r}")
     fp32_weights = next(student.model.parameters()).dtype == torch.float32
     if setting == "off" or not fp32_weights:
         return None

@@ -2,6 +2,7 @@
 
     python bench/sft_speed.py speed   # sft.py vs TRL's SFTTrainer: padding, padding-free, packing
     python bench/sft_speed.py lr      # held-out loss of the CPU default for a few learning rates
+    python bench/sft_speed.py autocast  # the CPU preset's bf16 autocast against fp32: tok/s, held-out loss
 
 Data: reference solutions of the default task sets (arith, lookup; train split) rendered as agent
 trajectories (plan, thought/code steps, observations from running the code in the sandbox).
@@ -106,7 +107,7 @@ def worker_ours(args) -> dict:
     trajectories = [Trajectory.from_dict(t) for t in data["trajectories"]]
     student = load_student("smol-135m", device="cpu", dtype="float32", threads=args.threads)
     config = SFTConfig(epochs=1, max_length=args.max_length, micro_batch_tokens=args.max_length,
-                       grad_accum=args.grad_accum, progress=False, checkpoint_every=10_000)
+                       grad_accum=args.grad_accum, progress=False, checkpoint_every=10_000, autocast=args.autocast)
     out = Path(tempfile.mkdtemp(prefix="sft_speed_"))
     records = []
     summary = train_sft(student, trajectories, config, out / "run", out / "metrics.jsonl", stop_after=args.steps,
@@ -287,45 +288,50 @@ def cmd_speed(args) -> None:
     print(f"RESULT trl_padding_peak_rss_gb={rss['trl_padding']:.2f}")
 
 
-def cmd_lr(args) -> None:
-    """Train the CPU default on reference trajectories at several lrs; held-out loss after each epoch."""
+def train_with_held_out(lr: float, autocast: str, train: list, held_out: list, args) -> dict:
+    """Train the CPU default (at this lr and autocast) on `train`; the held-out loss (in fp32) before
+    and after each epoch, the final train loss, wall time and the median tok/s of the updates."""
     import dataclasses
     import torch
     from sft import SFTConfig, build_example, end_of_turn_ids, masked_nll_sum, pack_row, plan_updates, train_sft
     from student import load_student
+    student = load_student("smol-135m", device=args.device, dtype="float32", threads=args.threads)
+    config = dataclasses.replace(SFTConfig(), lr=lr, epochs=args.epochs, progress=False, checkpoint_every=10_000,
+                                 autocast=autocast)
+    eot = end_of_turn_ids(student.tokenizer)
+    held = [build_example(student.tokenizer, t, config.max_length, eot) for t in held_out]
+    lengths = [len(build_example(student.tokenizer, t, config.max_length, eot).ids) for t in train]
+    plan = plan_updates(lengths, config, world_size=1)
+    per_epoch = [sum(1 for _ in plan_updates(lengths, dataclasses.replace(config, epochs=e + 1), 1)) for e in range(args.epochs)]
+
+    def held_out_loss() -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for example in held:
+                nll, n = masked_nll_sum(student.model, pack_row([example]), student.device)
+                total, count = total + float(nll), count + n
+        return total / count
+
+    losses, speeds = [held_out_loss()], []
+
+    def on_update(record):
+        speeds.append(record["sft/tok_per_s"])
+        if record["sft/update"] in per_epoch:
+            losses.append(held_out_loss())
+            print(f"lr {lr:g} autocast {autocast} epoch {per_epoch.index(record['sft/update']) + 1}: held-out loss "
+                  f"{losses[-1]:.4f} (train loss of the last update {record['sft/loss']:.4f})", flush=True)
+    began = time.perf_counter()
+    out = Path(tempfile.mkdtemp(prefix="sft_lr_"))
+    summary = train_sft(student, train, config, out / "run", out / "metrics.jsonl", on_update=on_update)
+    return {"held_out": losses, "train_final": summary["final_loss"], "wall_s": time.perf_counter() - began,
+            "updates": len(plan), "tok_per_s": statistics.median(speeds[1:] or speeds)}
+
+
+def cmd_lr(args) -> None:
+    """Train the CPU default on reference trajectories at several lrs; held-out loss after each epoch."""
     train = reference_trajectories(args.n // 2, seed=0)
     held_out = reference_trajectories(args.held_out // 2, seed=1, skip={t.task_id for t in train})
-    lrs = [float(x) for x in args.lrs.split(",")]
-    table = {}
-    for lr in lrs:
-        student = load_student("smol-135m", device=args.device, dtype="float32", threads=args.threads)
-        config = dataclasses.replace(SFTConfig(), lr=lr, epochs=args.epochs, progress=False, checkpoint_every=10_000)
-        eot = end_of_turn_ids(student.tokenizer)
-        held = [build_example(student.tokenizer, t, config.max_length, eot) for t in held_out]
-        lengths = [len(build_example(student.tokenizer, t, config.max_length, eot).ids) for t in train]
-        plan = plan_updates(lengths, config, world_size=1)
-        per_epoch = [sum(1 for _ in plan_updates(lengths, dataclasses.replace(config, epochs=e + 1), 1)) for e in range(args.epochs)]
-
-        def held_out_loss() -> float:
-            total, count = 0.0, 0
-            with torch.no_grad():
-                for example in held:
-                    nll, n = masked_nll_sum(student.model, pack_row([example]), student.device)
-                    total, count = total + float(nll), count + n
-            return total / count
-
-        losses = [held_out_loss()] if not table else [next(iter(table.values()))["held_out"][0]]
-
-        def on_update(record):
-            if record["sft/update"] in per_epoch:
-                losses.append(held_out_loss())
-                print(f"lr {lr:g} epoch {per_epoch.index(record['sft/update']) + 1}: held-out loss {losses[-1]:.4f} "
-                      f"(train loss of the last update {record['sft/loss']:.4f})", flush=True)
-        began = time.perf_counter()
-        out = Path(tempfile.mkdtemp(prefix="sft_lr_"))
-        summary = train_sft(student, train, config, out / "run", out / "metrics.jsonl", on_update=on_update)
-        table[lr] = {"held_out": losses, "train_final": summary["final_loss"], "wall_s": time.perf_counter() - began,
-                     "updates": len(plan)}
+    table = {lr: train_with_held_out(lr, "off", train, held_out, args) for lr in map(float, args.lrs.split(","))}
     print(f"\ntrain: {len(train)} reference trajectories (seed 0); held-out: {len(held_out)} (seed 1)")
     print(f"{'lr':>8}  held-out loss after epoch 0..{args.epochs}        final train-update loss")
     for lr, row in table.items():
@@ -337,9 +343,44 @@ def cmd_lr(args) -> None:
     print(f"RESULT sft_best_held_out_loss={min(table[best]['held_out']):.4f}")
 
 
+def cmd_autocast(args) -> None:
+    """The CPU preset's SFT in fp32 and under bf16 autocast: tok/s of `steps` updates in fresh processes,
+    interleaved `repeats` times (sft_py's worker, as `speed` runs it), then one full training of each on
+    the same trajectories with the held-out loss after every epoch (the same lr, data and order)."""
+    from student import cpu_has_native_bf16
+    if not cpu_has_native_bf16():
+        print("this CPU has no native bf16 (AVX512-BF16 / AMX): autocast 'auto' is fp32 here, 'bfloat16' emulated")
+    train = reference_trajectories(args.n // 2, seed=0)
+    held_out = reference_trajectories(args.held_out // 2, seed=1, skip={t.task_id for t in train})
+    tmp = Path(tempfile.mkdtemp(prefix="sft_autocast_"))
+    data = tmp / "data.json"
+    data.write_text(json.dumps({"trajectories": [t.to_dict() for t in train]}))
+    common = ["--data", str(data), "--threads", str(args.threads), "--max-length", str(args.max_length),
+              "--steps", str(args.steps), "--grad-accum", str(args.grad_accum)]
+    speed: dict[str, list[float]] = {"off": [], "bfloat16": []}
+    for _ in range(args.repeats):
+        for setting in speed:
+            result = run_worker(sys.executable, "worker-ours", common + ["--autocast", setting])
+            speed[setting].append(result["tok_per_s"])
+            print(f"autocast {setting}: {result['tok_per_s']:.1f} tok/s, peak RSS {result['peak_rss_gb']:.2f} GB",
+                  flush=True)
+    lr = args.lr
+    trained = {setting: train_with_held_out(lr, setting, train, held_out, args) for setting in speed}
+    med = {k: statistics.median(v) for k, v in speed.items()}
+    print(f"\ntrain: {len(train)} reference trajectories (seed 0); held-out: {len(held_out)} (seed 1); lr {lr:g}")
+    print(f"{'autocast':>9}  {'tok/s (workers)':>16}  {'tok/s (training)':>17}  {'wall s':>7}  held-out loss after epoch 0..{args.epochs}")
+    for k, row in trained.items():
+        print(f"{k:>9}  {med[k]:>16.1f}  {row['tok_per_s']:>17.1f}  {row['wall_s']:>7.0f}  "
+              + "  ".join(f"{x:.4f}" for x in row["held_out"]))
+    print(f"load average during the run: {os.getloadavg()}")
+    print(f"RESULT sft_autocast_speedup={med['bfloat16'] / med['off']:.2f}")
+    print(f"RESULT sft_autocast_training_speedup={trained['off']['wall_s'] / trained['bfloat16']['wall_s']:.2f}")
+    print(f"RESULT sft_autocast_held_out_loss_delta={trained['bfloat16']['held_out'][-1] - trained['off']['held_out'][-1]:+.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["speed", "lr", "worker-ours", "worker-trl", "worker-check"])
+    parser.add_argument("command", choices=["speed", "lr", "autocast", "worker-ours", "worker-trl", "worker-check"])
     parser.add_argument("--n", type=int, default=48, help="training trajectories (half arith, half lookup)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=1024, help="max tokens a sequence (and a packed row)")
@@ -351,6 +392,8 @@ def main() -> None:
     parser.add_argument("--data", default="")
     parser.add_argument("--batch", default="")
     parser.add_argument("--lrs", default="1e-5,3e-5,1e-4,3e-4", help="lr: learning rates to compare")
+    parser.add_argument("--lr", type=float, default=3e-4, help="autocast: the learning rate of both trainings")
+    parser.add_argument("--autocast", default="off", help="worker-ours: SFTConfig.autocast (off | auto | bfloat16)")
     parser.add_argument("--epochs", type=int, default=3, help="lr: epochs of each run")
     parser.add_argument("--held-out", type=int, default=32, help="lr: held-out trajectories")
     parser.add_argument("--device", default="cpu", help="lr: where to train (the numbers do not depend on it)")
@@ -358,10 +401,8 @@ def main() -> None:
     if args.command.startswith("worker-"):
         worker = {"worker-ours": worker_ours, "worker-trl": worker_trl, "worker-check": worker_check}[args.command]
         print("WORKER_RESULT " + json.dumps(worker(args)), flush=True)
-    elif args.command == "speed":
-        cmd_speed(args)
     else:
-        cmd_lr(args)
+        {"speed": cmd_speed, "lr": cmd_lr, "autocast": cmd_autocast}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,27 @@ def test_rl_speed_options_come_from_the_preset_unless_given(capsys):
     assert "--rl-share-context: 'maybe': use auto, true or false" in capsys.readouterr().err
 
 
+def test_training_autocast_comes_from_the_preset_unless_given():
+    """--bc-autocast and --sft-autocast are SFTConfig.autocast of BC and of SCoRe-SFT, each on its own;
+    left out, both are the training preset's (cpu and cpu-full: bf16 where the CPU has it; gpu: off, its
+    bf16 runs through accelerate). A bad value ends in one line."""
+    from config import check_config, resolve
+    from runs import ConfigError
+
+    def autocast(*flags):
+        config = resolve(parse_args(list(flags)))
+        check_config(config)
+        return phase_config(config, "bc").autocast, phase_config(config, "sft").autocast
+
+    assert autocast("--preset", "cpu") == autocast("--preset", "cpu-full") == ("auto", "auto")
+    assert autocast("--preset", "gpu") == ("off", "off")
+    assert autocast("--preset", "cpu", "--bc-autocast", "off") == ("off", "auto")
+    assert autocast("--preset", "cpu", "--sft-autocast", "off") == ("auto", "off")
+    assert autocast("--preset", "gpu", "--bc-autocast", "bfloat16") == ("bfloat16", "off")
+    with pytest.raises(ConfigError, match="unknown --sft-autocast 'fp16': use off, auto, bfloat16"):
+        check_config(parse_args(["--sft-autocast", "fp16"]))
+
+
 def test_an_rl_update_line_shows_the_log_prob_gap_and_warns_when_it_is_off_policy():
     """The console line of an update ends with rl/logprob_gap, and says so when it is over 1e-2 (bf16
     autocast on an untrained student): the rows were then not sampled by the policy being trained."""

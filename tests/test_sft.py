@@ -232,6 +232,39 @@ def test_saved_model_loads_with_load_student(tokenizer, tmp_path, lora):
     assert not torch.allclose(base_logits, trained_logits, atol=1e-3)  # training changed the model
 
 
+def test_cpu_autocast_trains_fp32_weights_with_bf16_matmuls(tokenizer, tmp_path):
+    """SFTConfig.autocast="bfloat16": the decoder's matmuls run in bf16 while training, the weights stay
+    fp32 and move, the losses follow the fp32 run's closely, and nothing of it is left on the model
+    afterwards; "off" stays in fp32. If this failed, the CPU preset's BC would either not be faster or
+    train (and hand back) another model than it says."""
+    trajectories = [sum_trajectory(a, b) for a, b in [(2, 3), (11, 7), (40, 2), (9, 9)]]
+    losses, seen = {}, {}
+    for setting in ("off", "bfloat16"):
+        student = make_tiny_student(tokenizer, seed=6)
+        before = {n: p.detach().clone() for n, p in student.model.named_parameters()}
+        dtypes = []
+        hook = student.model.model.layers[0].self_attn.q_proj.register_forward_hook(
+            lambda module, inputs, output: dtypes.append(output.dtype))
+        config = tiny_config(autocast=setting, epochs=2, micro_batch_tokens=256, max_length=256)
+        train_sft(student, trajectories, config, tmp_path / setting, tmp_path / f"{setting}.jsonl")
+        seen[setting], trained = set(dtypes), len(dtypes)
+        with torch.no_grad():  # after training: the model computes in its own dtype again
+            student.model(input_ids=torch.tensor([[1, 2, 3]]))
+        hook.remove()
+        assert dtypes[trained:] == [torch.float32]
+        assert all(p.dtype == torch.float32 for p in student.model.parameters())
+        assert any(not torch.equal(before[n], p) for n, p in student.model.named_parameters())
+        losses[setting] = [json.loads(line)["sft/loss"] for line in open(tmp_path / f"{setting}.jsonl")]
+    assert seen == {"off": {torch.float32}, "bfloat16": {torch.bfloat16}}
+    assert len(losses["off"]) == len(losses["bfloat16"]) == 8
+    assert losses["off"] != losses["bfloat16"]  # another rounding ...
+    for fp32, bf16 in zip(losses["off"], losses["bfloat16"]):
+        assert abs(fp32 - bf16) < 0.05 * fp32, (losses["off"], losses["bfloat16"])  # ... of the same training
+    with pytest.raises(ValueError, match="autocast"):
+        train_sft(make_tiny_student(tokenizer), trajectories, tiny_config(autocast="fp8"), tmp_path / "bad",
+                  tmp_path / "bad.jsonl")
+
+
 def test_masked_nll_sum_counts_only_supervised_tokens(tokenizer):
     """The head must run on exactly the masked targets; if this fails the loss normaliser is off."""
     student = make_tiny_student(tokenizer, seed=6)
