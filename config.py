@@ -83,7 +83,8 @@ class SFTConfig:
     # preset: SFT updates 1.5-1.8x faster where the CPU has native bf16, the held-out loss after 3 epochs
     # within 0.012 of fp32's (bench/RESULTS.md, "BC and SCoRe-SFT in bf16"). The LM head stays in fp32
     # (student.head_logits).
-    autocast: str = option("off", "bf16 matmuls over fp32 weights in the forward on CPU: auto | bfloat16 | off")
+    autocast: str = option("off", "bf16 matmuls over fp32 weights in the forward on CPU",
+                           choices=("auto", "bfloat16", "off"))
     seed: int = option(0, "orders the documents each epoch and seeds a fresh LoRA adapter")
     checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)",
                                    operational=True)
@@ -134,7 +135,8 @@ class RLConfig:
     # on the SFT student RL starts from, rl/logprob_gap is 2-4e-3 (fp32: ~4e-7), under the 1e-2 an
     # on-policy check allows; on the untrained 135M student it is 1.3-1.8e-2, and each update's console
     # line says so (training.OFF_POLICY_GAP; bench/RESULTS.md, "RL updates in bf16 on the SFT student")
-    autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass: auto | bfloat16 | off")
+    autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass",
+                           choices=("auto", "bfloat16", "off"))
     seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
     checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)",
                                    operational=True)

@@ -247,6 +247,24 @@ def test_the_standalone_sft_and_rl_commands_take_their_flags_from_the_same_adapt
         assert shown.returncode == 0 and "--learning" not in shown.stdout and "--lr LR" in shown.stdout, shown.stderr
 
 
+def test_standalone_training_commands_refuse_a_missing_file_or_autocast_in_one_line(tmp_path, capsys):
+    """`python sft.py` and `python rl.py` with a records file that is not there, or an --autocast that
+    names no setting, end with argparse's one line before loading anything (a missing file used to read
+    as no records and end in a ValueError traceback)."""
+    from training import rl_main, sft_main
+    records = tmp_path / "records.jsonl"
+    for main, flag in ((sft_main, "--trajectories"), (rl_main, "--keysteps")):
+        with pytest.raises(SystemExit) as exited:
+            main([flag, str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out")])
+        assert exited.value.code == 2
+        assert f"{flag} {tmp_path / 'missing.jsonl'}: no such file" in capsys.readouterr().err
+        records.write_text("")
+        with pytest.raises(SystemExit):
+            main([flag, str(records), "--out", str(tmp_path / "out"), "--autocast", "fp8"])
+        assert "--autocast 'fp8': use auto, bfloat16, off" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_training_run_is_identified_by_what_it_learns():
     """TrainingRun's identity (runs.learned_settings) is every field but the ones marked operational:
     how often to checkpoint and write samples, and the progress bar, may change when a run resumes."""
