@@ -53,6 +53,10 @@ KNOWLEDGE = 0.25
 # `operational=True` marks a field that changes nothing learned: it may differ when a run resumes.
 
 
+# bf16 autocast over fp32 weights (SFTConfig.autocast, RLConfig.autocast; training.autocast_dtype)
+AUTOCAST_SETTINGS = ("off", "auto", "bfloat16")
+
+
 @dataclass(frozen=True)
 class MPSConfig:
     """Phase 1, MPS (mps.py)."""
@@ -84,7 +88,7 @@ class SFTConfig:
     # within 0.012 of fp32's (bench/RESULTS.md, "BC and SCoRe-SFT in bf16"). The LM head stays in fp32
     # (student.head_logits).
     autocast: str = option("off", "bf16 matmuls over fp32 weights in the forward on CPU",
-                           choices=("auto", "bfloat16", "off"))
+                           choices=AUTOCAST_SETTINGS)
     seed: int = option(0, "orders the documents each epoch and seeds a fresh LoRA adapter")
     checkpoint_every: int = option(10, "updates between resumable checkpoints (one is also written at the end)",
                                    operational=True)
@@ -136,7 +140,7 @@ class RLConfig:
     # on-policy check allows; on the untrained 135M student it is 1.3-1.8e-2, and each update's console
     # line says so (training.OFF_POLICY_GAP; bench/RESULTS.md, "RL updates in bf16 on the SFT student")
     autocast: str = option("off", "bf16 matmuls over fp32 weights in every forward pass",
-                           choices=("auto", "bfloat16", "off"))
+                           choices=AUTOCAST_SETTINGS)
     seed: int = option(0, "orders the start states, seeds every rollout and a fresh LoRA adapter")
     checkpoint_every: int = option(5, "updates between resumable checkpoints (metrics lines are written with them)",
                                    operational=True)
@@ -206,7 +210,7 @@ class Config:
     bc_epochs: int | None = arg(None, "epochs of the BC warm start", "bc", to="epochs")
     bc_autocast: str | None = arg(None, "BC's forward passes in bf16 over fp32 weights on CPU: auto (the CPU "
                                         "preset: where the CPU has native bf16), bfloat16, or off (exact fp32)",
-                                  "bc", ("off", "auto", "bfloat16"), to="autocast")
+                                  "bc", AUTOCAST_SETTINGS, to="autocast")
 
     # Phase 1: MPS
     max_corrections: int = arg(MPSConfig.max_corrections, "teacher corrections per MPS episode (paper: 3 in its code)",
@@ -236,7 +240,7 @@ class Config:
                                "sft", to="lr")
     sft_epochs: int | None = arg(None, "epochs of SCoRe-SFT", "sft", to="epochs")
     sft_autocast: str | None = arg(None, "SCoRe-SFT's forward passes in bf16 over fp32 weights on CPU: auto, "
-                                         "bfloat16 or off, as --bc-autocast", "sft", ("off", "auto", "bfloat16"),
+                                         "bfloat16 or off, as --bc-autocast", "sft", AUTOCAST_SETTINGS,
                                    to="autocast")
     sft_replay_bc: bool = arg(False, "SCoRe-SFT also trains on the BC warm start's correct teacher trajectories "
                                      "(a remedy measured in bench/RESULTS.md, not the paper's recipe)", "sft")
@@ -254,7 +258,7 @@ class Config:
     kl_coef: float = arg(RLConfig.kl_coef, "KL penalty to the SFT policy (paper: 0)", "rl")
     rl_autocast: str | None = arg(None, "RL's forward passes (rollouts and update) in bf16 over fp32 weights: auto "
                                         "(where the CPU has native bf16), bfloat16, or off (bench/RESULTS.md: "
-                                        "faster, and a larger rl/logprob_gap)", "rl", ("off", "auto", "bfloat16"),
+                                        "faster, and a larger rl/logprob_gap)", "rl", AUTOCAST_SETTINGS,
                                   to="autocast")
     rl_share_context: bool | None = arg(None, "RL's update runs a group's shared prompt and prefix once per forward "
                                               "(true or false)", "rl", to="share_context")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from agent import Step, Trajectory, derive_seed
+from config import AUTOCAST_SETTINGS
 from student import Student, cpu_has_native_bf16, masked_token_logprobs, shared_context_logprobs
 
 if TYPE_CHECKING:  # annotations only: rl.py imports this module
@@ -90,15 +91,12 @@ def prepare_policy(student: Student, config: RLConfig) -> tuple[bool, list, Stud
     return use_lora, [p for p in student.model.parameters() if p.requires_grad], reference
 
 
-AUTOCAST_SETTINGS = ("auto", "bfloat16", "off")  # SFTConfig.autocast and RLConfig.autocast
-
-
 def autocast_dtype(setting: str, student: Student) -> torch.dtype | None:
     """RLConfig.autocast or SFTConfig.autocast -> the compute dtype of forward passes over the (fp32)
     weights, or None.
     On CPU, bf16 pays only with native bf16 instructions (AVX512-BF16, AMX); elsewhere it is emulated."""
     if setting not in AUTOCAST_SETTINGS:
-        raise ValueError(f"autocast must be auto, bfloat16 or off, not {setting!r}")
+        raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_SETTINGS)}, not {setting!r}")
     fp32_weights = next(student.model.parameters()).dtype == torch.float32
     if setting == "off" or not fp32_weights:
         return None
@@ -418,13 +416,16 @@ def step_from_dict(record: dict) -> Step:
 # The standalone command lines (score.py normally calls train_sft and train_rl), flags from the config
 
 
-def check_standalone_flags(parser, args, records: str, flag: str) -> None:
+def check_standalone_flags(parser, args, config_class, records: str, flag: str) -> None:
     """What sft.py and rl.py would otherwise find out late, with a traceback: the records file is
-    missing (it would read as no records) or --autocast names no setting. argparse's one line."""
+    missing (it would read as no records), or a field with allowed values (its "choices") got another.
+    argparse's one line."""
     if not Path(records).is_file():
         parser.error(f"{flag} {records}: no such file")
-    if args.autocast not in AUTOCAST_SETTINGS:
-        parser.error(f"--autocast {args.autocast!r}: use {', '.join(AUTOCAST_SETTINGS)}")
+    for f in dataclasses.fields(config_class):
+        choices = f.metadata.get("choices", ())
+        if choices and getattr(args, f.name) not in choices:
+            parser.error(f"--{f.name.replace('_', '-')} {getattr(args, f.name)!r}: use {', '.join(choices)}")
 
 
 def sft_main(argv: list[str] | None = None) -> int:
@@ -440,7 +441,7 @@ def sft_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     add_flags(parser, SFTConfig)  # --help from the config: each field's text and default
     args = parser.parse_args(argv)
-    check_standalone_flags(parser, args, args.trajectories, "--trajectories")
+    check_standalone_flags(parser, args, SFTConfig, args.trajectories, "--trajectories")
     config = SFTConfig(**flag_values(args, SFTConfig))
     trajectories = [Trajectory.from_dict(r) for r in read_jsonl(Path(args.trajectories))]
     student = load_student(args.student, device=args.device, threads=args.threads)
@@ -470,7 +471,7 @@ def rl_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     add_flags(parser, RLConfig)  # --help from the config: each field's text and default
     args = parser.parse_args(argv)
-    check_standalone_flags(parser, args, args.keysteps, "--keysteps")
+    check_standalone_flags(parser, args, RLConfig, args.keysteps, "--keysteps")
     config = RLConfig(**flag_values(args, RLConfig))
     tasks = {t.id: t for name in args.tasks.split(",") for t in load_tasks(name.strip(), "train", None, args.task_seed)}
     teacher = None

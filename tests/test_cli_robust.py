@@ -261,7 +261,7 @@ def test_standalone_training_commands_refuse_a_missing_file_or_autocast_in_one_l
         records.write_text("")
         with pytest.raises(SystemExit):
             main([flag, str(records), "--out", str(tmp_path / "out"), "--autocast", "fp8"])
-        assert "--autocast 'fp8': use auto, bfloat16, off" in capsys.readouterr().err
+        assert "--autocast 'fp8': use off, auto, bfloat16" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
